@@ -1,0 +1,166 @@
+//! RPC messages. Each travels as the postcard body of a [`crate::frame`]; shard
+//! bytes travel in the frame's data tail, never inside a message.
+//!
+//! Adding a variant at the end of an enum is compatible; changing or
+//! reordering one is a new frame version.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ChunkRecord, Extent, FileKind, Ino, Inode, NodeRecord, TimeNs, VolumeRecord};
+
+/// The kind of a failure, sent instead of a string so that the caller can act
+/// on it. The volume API maps each to one POSIX error.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    NotFound,
+    Exists,
+    NotDir,
+    IsDir,
+    NotEmpty,
+    Invalid,
+    NameTooLong,
+    NoSpace,
+    Io,
+    Corrupt,
+    Stale,
+    Permission,
+    NoXattr,
+    Range,
+    Unavailable,
+    CrossDevice,
+    Protocol,
+    TooBig,
+}
+
+/// `mode`, `uid`… left `None` are unchanged.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct SetAttr {
+    pub perm: Option<u16>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeSet>,
+    pub mtime: Option<TimeSet>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeSet {
+    Now,
+    At(TimeNs),
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct NewInode {
+    pub kind: FileKind,
+    pub perm: u16,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u32,
+    pub symlink: Vec<u8>,
+}
+
+/// How a committed write changes a chunk record.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum ChunkOp {
+    /// The extent covers the whole chunk: every older extent is released.
+    Replace(Extent),
+    /// The extent is laid over the existing ones.
+    Overlay(Extent),
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ChunkWrite {
+    pub index: u64,
+    pub op: ChunkOp,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    pub name: Vec<u8>,
+    pub ino: Ino,
+    pub kind: FileKind,
+    pub seq: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct StatFs {
+    pub capacity_bytes: u64,
+    pub free_bytes: u64,
+    pub files: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub record: NodeRecord,
+    pub up: bool,
+    pub last_seen_ms_ago: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct VolumeStatus {
+    pub files: u64,
+    pub bytes: u64,
+    pub chunks_total: u64,
+    pub chunks_healthy: u64,
+    pub chunks_degraded: u64,
+    pub chunks_unreadable: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum MetaRequest {
+    Volume,
+    Lookup { parent: Ino, name: Vec<u8> },
+    GetAttr { ino: Ino },
+    SetAttr { ino: Ino, attr: SetAttr },
+    Create { parent: Ino, name: Vec<u8>, inode: NewInode },
+    Link { ino: Ino, parent: Ino, name: Vec<u8> },
+    Unlink { parent: Ino, name: Vec<u8> },
+    Rmdir { parent: Ino, name: Vec<u8> },
+    Rename { parent: Ino, name: Vec<u8>, new_parent: Ino, new_name: Vec<u8>, flags: u32 },
+    ReadDir { dir: Ino, after_seq: u64, limit: u32 },
+    GetXattr { ino: Ino, name: Vec<u8> },
+    SetXattr { ino: Ino, name: Vec<u8>, value: Vec<u8>, flags: u32 },
+    ListXattr { ino: Ino },
+    RemoveXattr { ino: Ino, name: Vec<u8> },
+    StatFs,
+    ReadChunks { ino: Ino, first_index: u64, count: u32 },
+    CommitWrite { ino: Ino, writes: Vec<ChunkWrite>, size_at_least: u64, mtime: TimeNs },
+    Open { ino: Ino, session: u64 },
+    Release { ino: Ino, session: u64 },
+    Heartbeat { node: NodeRecord },
+    Nodes,
+    Status,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum MetaResponse {
+    Ok,
+    Volume(VolumeRecord),
+    Inode(Inode),
+    Entries(Vec<DirEntry>),
+    Xattr(Vec<u8>),
+    XattrNames(Vec<Vec<u8>>),
+    StatFs(StatFs),
+    Chunks(Vec<(u64, ChunkRecord)>),
+    Nodes(Vec<NodeStatus>),
+    Status(VolumeStatus),
+    Error(ErrorKind),
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum NodeRequest {
+    /// Store the frame's data tail as this shard, durably, before answering.
+    PutShard { piece_id: u128, shard_index: u8, hash: [u8; 32] },
+    GetShard { piece_id: u128, shard_index: u8 },
+    DeleteShard { piece_id: u128, shard_index: u8 },
+    Stat,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum NodeResponse {
+    Ok,
+    /// The shard's bytes are in the data tail; they matched their hash on disk.
+    Shard,
+    Stat { capacity_bytes: u64, free_bytes: u64, used_bytes: u64, shards: u64 },
+    Error(ErrorKind),
+}
