@@ -114,7 +114,7 @@ mod tests {
         let bytes = header.encode();
         assert_eq!(ShardHeader::decode(&bytes).unwrap(), header);
         assert!(header.verifies(b"payload"));
-        assert!(!header.verifies(b"paylоad"));
+        assert!(!header.verifies(b"paylxad"));
     }
 
     #[test]
