@@ -129,13 +129,15 @@ pub enum PieceBody {
 }
 
 /// One encrypted write: plaintext `plain_len` bytes meant for chunk offset
-/// `base`, sealed once under key epoch `key_epoch`. `id` is unique in the
-/// volume and is bound into the AEAD associated data, as is its place.
+/// `base`, sealed once under data key `key_id` at epoch `key_epoch`. `id` is
+/// unique in the volume and is bound into the AEAD associated data, as is its
+/// place.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Piece {
     pub id: u128,
     pub base: u32,
     pub plain_len: u32,
+    pub key_id: u64,
     pub key_epoch: u32,
     pub body: PieceBody,
 }
@@ -212,6 +214,7 @@ mod tests {
                     id: 9,
                     base: 0,
                     plain_len: 10,
+                    key_id: 0,
                     key_epoch: 0,
                     body: PieceBody::Striped {
                         sealed_len: 50,
