@@ -1,1 +1,93 @@
-fn main() {}
+//! `sohofs`: the one binary. Services (`meta serve`, `node serve`), the
+//! client mount, the local dev cluster (`up`) and the admin verbs.
+//!
+//! Exit codes: 0 success, 1 failure (the message says what), 2 bad usage.
+
+mod config;
+mod mount;
+mod services;
+mod status;
+mod up;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "sohofs",
+    version,
+    about = "An erasure-coded, encrypted volume pooled from office workstations"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a local cluster (meta + N nodes) and mount it; stays in the foreground.
+    Up(up::UpArgs),
+    /// Mount the volume of a running cluster as another client.
+    Mount {
+        /// The cluster config (DIR/sohofs.toml).
+        #[arg(long)]
+        config: PathBuf,
+        /// Where to mount.
+        mountpoint: PathBuf,
+    },
+    /// Show nodes and volume health.
+    Status {
+        #[arg(long)]
+        config: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The metadata service.
+    Meta {
+        #[command(subcommand)]
+        verb: services::MetaVerb,
+    },
+    /// A storage node.
+    Node {
+        #[command(subcommand)]
+        verb: services::NodeVerb,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SOHOFS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("sohofs: cannot start the async runtime: {error}");
+            std::process::exit(1);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Up(args) => up::run(args).await,
+            Command::Mount { config, mountpoint } => mount::run(&config, &mountpoint).await,
+            Command::Status { config, json } => status::run(&config, json).await,
+            Command::Meta { verb } => services::meta(verb).await,
+            Command::Node { verb } => services::node(verb).await,
+        }
+    });
+    // Background tasks (node refresh, read-ahead) must not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    if let Err(error) = result {
+        eprintln!("sohofs: {error:#}");
+        std::process::exit(1);
+    }
+}

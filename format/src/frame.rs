@@ -162,9 +162,6 @@ mod tests {
         }
         .encode();
         bytes[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(
-            FrameHeader::decode(&bytes),
-            Err(DecodeError::TooLong { .. })
-        ));
+        assert!(matches!(FrameHeader::decode(&bytes), Err(DecodeError::TooLong { .. })));
     }
 }

@@ -220,7 +220,13 @@ mod tests {
                         sealed_len: 50,
                         data_shards: 4,
                         parity_shards: 2,
-                        shards: vec![ShardLoc { node: Some(1), hash: [7; 32] }; 6],
+                        shards: vec![
+                            ShardLoc {
+                                node: Some(1),
+                                hash: [7; 32]
+                            };
+                            6
+                        ],
                     },
                 },
             }],
@@ -238,9 +244,6 @@ mod tests {
         let mut bytes = dentry.encode();
         assert!(Inode::decode(&bytes).is_err());
         bytes.push(0);
-        assert!(matches!(
-            Dentry::decode(&bytes),
-            Err(DecodeError::Malformed { .. })
-        ));
+        assert!(matches!(Dentry::decode(&bytes), Err(DecodeError::Malformed { .. })));
     }
 }

@@ -99,8 +99,7 @@ impl ShardHeader {
 
     /// True when `payload` is exactly what this header describes.
     pub fn verifies(&self, payload: &[u8]) -> bool {
-        payload.len() == self.payload_len as usize
-            && *blake3::hash(payload).as_bytes() == self.payload_hash
+        payload.len() == self.payload_len as usize && *blake3::hash(payload).as_bytes() == self.payload_hash
     }
 }
 

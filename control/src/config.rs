@@ -1,0 +1,144 @@
+//! The cluster config file (`DIR/sohofs.toml`) that every verb takes with
+//! `--config`, and the volume key file beside it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use sohofs_storage::codec::{DataKey, DATA_KEY_BYTES};
+
+pub const CONFIG_FILE: &str = "sohofs.toml";
+pub const KEY_FILE: &str = "volume.key";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ClusterConfig {
+    /// Addresses of the meta service (one today; a replicated group later).
+    pub meta: Vec<String>,
+    /// The volume data key file, relative to the config file's folder.
+    pub data_key_file: String,
+    pub volume: VolumeSection,
+    #[serde(default)]
+    pub nodes: Vec<NodeSection>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VolumeSection {
+    pub k: u8,
+    pub m: u8,
+    pub write_quorum: u8,
+    pub chunk_bytes: u32,
+    pub inline_bytes_max: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NodeSection {
+    pub id: u64,
+    pub listen: String,
+    /// The node's folder, relative to the config file's folder.
+    pub dir: String,
+    pub host: String,
+}
+
+impl ClusterConfig {
+    pub fn load(path: &Path) -> Result<ClusterConfig> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("read cluster config {}", path.display()))?;
+        let config: ClusterConfig =
+            toml::from_str(&text).with_context(|| format!("parse cluster config {}", path.display()))?;
+        if config.meta.is_empty() {
+            bail!("{}: `meta` lists no address", path.display());
+        }
+        Ok(config)
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let text = toml::to_string_pretty(self).context("serialise cluster config")?;
+        let temp = path.with_extension("toml.tmp");
+        std::fs::write(&temp, text).with_context(|| format!("write {}", temp.display()))?;
+        std::fs::rename(&temp, path).with_context(|| format!("replace {}", path.display()))?;
+        Ok(())
+    }
+
+    /// Reads the volume data key named by this config, relative to `config_path`.
+    pub fn data_key(&self, config_path: &Path) -> Result<DataKey> {
+        load_key(&folder_of(config_path).join(&self.data_key_file))
+    }
+}
+
+pub fn folder_of(config_path: &Path) -> PathBuf {
+    config_path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Reads a key file: 64 hex digits.
+pub fn load_key(path: &Path) -> Result<DataKey> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read key file {}", path.display()))?;
+    let bytes = hex::decode(text.trim()).with_context(|| format!("key file {} is not hex", path.display()))?;
+    let array: [u8; DATA_KEY_BYTES] = bytes
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("key file {} does not hold a {DATA_KEY_BYTES}-byte key", path.display()))?;
+    Ok(DataKey::from_bytes(array))
+}
+
+/// Writes a new random key file readable by its owner only; an existing one
+/// is kept.
+pub fn create_key(path: &Path) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if path.exists() {
+        return Ok(());
+    }
+    let key = DataKey::generate();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("create key file {}", path.display()))?;
+    writeln!(file, "{}", hex::encode(key.as_bytes())).context("write key file")?;
+    file.sync_all().context("sync key file")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_round_trips_and_key_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let config = ClusterConfig {
+            meta: vec!["127.0.0.1:1".into()],
+            data_key_file: KEY_FILE.into(),
+            volume: VolumeSection {
+                k: 4,
+                m: 2,
+                write_quorum: 5,
+                chunk_bytes: 4 << 20,
+                inline_bytes_max: 2048,
+            },
+            nodes: vec![NodeSection {
+                id: 1,
+                listen: "127.0.0.1:2".into(),
+                dir: "nodes/1".into(),
+                host: "local-1".into(),
+            }],
+        };
+        let path = dir.path().join(CONFIG_FILE);
+        config.save(&path).unwrap();
+        assert_eq!(ClusterConfig::load(&path).unwrap(), config);
+        create_key(&dir.path().join(KEY_FILE)).unwrap();
+        let mode = std::fs::metadata(dir.path().join(KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let key = config.data_key(&path).unwrap();
+        assert_eq!(key.as_bytes().len(), 32);
+        std::fs::write(dir.path().join(KEY_FILE), "nothex").unwrap();
+        assert!(config.data_key(&path).is_err());
+    }
+}

@@ -1,0 +1,145 @@
+//! `sohofs meta serve` and `sohofs node serve`: the long-running services.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use sohofs_storage::kv::RocksKv;
+use sohofs_storage::meta::{self, Meta, VolumeParams};
+use sohofs_storage::node::{self, NodeConfig};
+use sohofs_storage::shard_store::DiskShardStore;
+
+pub const CHUNK_BYTES_DEFAULT: u32 = 4 * 1024 * 1024;
+pub const INLINE_BYTES_MAX_DEFAULT: u32 = 2048;
+
+#[derive(Subcommand)]
+pub enum MetaVerb {
+    /// Serve the namespace from a RocksDB database in DIR.
+    Serve {
+        /// Folder of the metadata database.
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:7700")]
+        listen: String,
+        /// Data shards per stripe, used when the volume is created.
+        #[arg(long, default_value_t = 4)]
+        k: u8,
+        /// Parity shards per stripe, used when the volume is created.
+        #[arg(long, default_value_t = 2)]
+        m: u8,
+        /// Shards that must be durable for a write to succeed (default k+1).
+        #[arg(long)]
+        write_quorum: Option<u8>,
+        #[arg(long, default_value_t = CHUNK_BYTES_DEFAULT)]
+        chunk_bytes: u32,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum NodeVerb {
+    /// Serve shards stored under DIR.
+    Serve {
+        /// Node id, unique in the cluster.
+        #[arg(long)]
+        id: u64,
+        /// The donated folder.
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:7701")]
+        listen: String,
+        /// Meta service address (repeat for several).
+        #[arg(long, required = true)]
+        meta: Vec<String>,
+        /// Failure domain name (the machine); defaults to this host's name.
+        #[arg(long)]
+        host: Option<String>,
+    },
+}
+
+pub fn default_write_quorum(k: u8, m: u8) -> u8 {
+    if m == 0 {
+        k
+    } else {
+        k + 1
+    }
+}
+
+pub fn check_geometry(k: u8, m: u8, write_quorum: u8, chunk_bytes: u32) -> Result<()> {
+    anyhow::ensure!(k >= 1, "k must be at least 1");
+    anyhow::ensure!(k as u32 + m as u32 <= 255, "k + m must be at most 255");
+    anyhow::ensure!(
+        write_quorum >= k && write_quorum <= k + m,
+        "write quorum {write_quorum} must be between k ({k}) and k+m ({})",
+        k + m
+    );
+    anyhow::ensure!(
+        (64 * 1024..=64 * 1024 * 1024).contains(&chunk_bytes),
+        "chunk size must be between 64 KiB and 64 MiB"
+    );
+    Ok(())
+}
+
+pub async fn meta(verb: MetaVerb) -> Result<()> {
+    let MetaVerb::Serve {
+        dir,
+        listen,
+        k,
+        m,
+        write_quorum,
+        chunk_bytes,
+    } = verb;
+    let write_quorum = write_quorum.unwrap_or_else(|| default_write_quorum(k, m));
+    check_geometry(k, m, write_quorum, chunk_bytes)?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    let db_path = dir.join("db");
+    let meta = tokio::task::spawn_blocking(move || -> Result<Meta> {
+        let kv = Arc::new(RocksKv::open(&db_path)?);
+        let params = VolumeParams {
+            data_shards: k,
+            parity_shards: m,
+            write_quorum,
+            chunk_bytes,
+            inline_bytes_max: INLINE_BYTES_MAX_DEFAULT,
+        };
+        Ok(Meta::open(kv, Some(params), meta::NODE_DOWN_AFTER_DEFAULT)?)
+    })
+    .await??;
+    let meta = Arc::new(meta);
+    tokio::select! {
+        served = meta::run_meta(meta, &listen) => served.with_context(|| format!("serve meta on {listen}")),
+        _ = crate::up::terminated() => Ok(()),
+    }
+}
+
+pub async fn node(verb: NodeVerb) -> Result<()> {
+    let NodeVerb::Serve {
+        id,
+        dir,
+        listen,
+        meta,
+        host,
+    } = verb;
+    let host = match host {
+        Some(host) => host,
+        None => nix::unistd::gethostname()
+            .context("read this machine's host name")?
+            .to_string_lossy()
+            .into_owned(),
+    };
+    let store = {
+        let dir = dir.clone();
+        tokio::task::spawn_blocking(move || DiskShardStore::open(&dir)).await??
+    };
+    let config = NodeConfig {
+        id,
+        advertise: listen.clone(),
+        listen,
+        host,
+        meta_addrs: meta,
+    };
+    tokio::select! {
+        served = node::run_node(config, Arc::new(store)) => served.context("serve node"),
+        _ = crate::up::terminated() => Ok(()),
+    }
+}

@@ -1,0 +1,319 @@
+//! `sohofs up`: a whole cluster under one folder, mounted, in the foreground.
+//!
+//! Layout of DIR: `sohofs.toml` (the config), `volume.key` (0600),
+//! `meta/` (database and log), `nodes/<i>/` (`data/`, `node.log`, `node.pid`).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use tokio::process::{Child, Command};
+
+use crate::config::{self, ClusterConfig, NodeSection, VolumeSection, CONFIG_FILE, KEY_FILE};
+use crate::services::{check_geometry, default_write_quorum, CHUNK_BYTES_DEFAULT, INLINE_BYTES_MAX_DEFAULT};
+
+/// How long `up` waits for meta to answer and for nodes to register.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long children get to stop after SIGTERM before SIGKILL.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// Number of storage nodes.
+    #[arg(long, default_value_t = 6)]
+    pub nodes: u32,
+    /// Data shards per stripe.
+    #[arg(long, default_value_t = 4)]
+    pub k: u8,
+    /// Parity shards per stripe.
+    #[arg(long, default_value_t = 2)]
+    pub m: u8,
+    /// Shards that must be durable for a write to succeed (default k+1).
+    #[arg(long)]
+    pub write_quorum: Option<u8>,
+    /// Folder that holds the whole cluster.
+    #[arg(long, default_value = "./sohofs-data")]
+    pub dir: PathBuf,
+    /// Where to mount the volume.
+    #[arg(long, default_value = "./sohofs-mnt")]
+    pub mount: PathBuf,
+}
+
+/// Resolves when the process gets SIGINT or SIGTERM.
+pub async fn terminated() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut interrupt), Ok(mut terminate)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+    else {
+        // Without signal handlers the process still dies by the default action.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = interrupt.recv() => {}
+        _ = terminate.recv() => {}
+    }
+}
+
+fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("find a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+fn absolute(path: &Path) -> Result<PathBuf> {
+    if path.is_absolute() {
+        Ok(path.to_path_buf())
+    } else {
+        Ok(std::env::current_dir().context("read the current folder")?.join(path))
+    }
+}
+
+/// Makes or updates DIR/sohofs.toml. Ports are chosen afresh at every start;
+/// the volume geometry of an existing cluster is kept and must match.
+fn prepare(args: &UpArgs, dir: &Path) -> Result<ClusterConfig> {
+    let write_quorum = args
+        .write_quorum
+        .unwrap_or_else(|| default_write_quorum(args.k, args.m));
+    check_geometry(args.k, args.m, write_quorum, CHUNK_BYTES_DEFAULT)?;
+    if args.k as u32 + args.m as u32 > args.nodes {
+        bail!(
+            "k+m = {} shards per stripe need at least {} nodes on distinct hosts, but --nodes is {}",
+            args.k as u32 + args.m as u32,
+            args.k as u32 + args.m as u32,
+            args.nodes
+        );
+    }
+    std::fs::create_dir_all(dir.join("meta")).with_context(|| format!("create {}", dir.display()))?;
+    let config_path = dir.join(CONFIG_FILE);
+    let volume = if config_path.exists() {
+        let existing = ClusterConfig::load(&config_path)?;
+        if existing.volume.k != args.k || existing.volume.m != args.m {
+            bail!(
+                "{} holds a {}+{} volume; start it with --k {} --m {}",
+                dir.display(),
+                existing.volume.k,
+                existing.volume.m,
+                existing.volume.k,
+                existing.volume.m
+            );
+        }
+        existing.volume
+    } else {
+        VolumeSection {
+            k: args.k,
+            m: args.m,
+            write_quorum,
+            chunk_bytes: CHUNK_BYTES_DEFAULT,
+            inline_bytes_max: INLINE_BYTES_MAX_DEFAULT,
+        }
+    };
+    config::create_key(&dir.join(KEY_FILE))?;
+    let mut nodes = Vec::new();
+    for id in 1..=args.nodes as u64 {
+        let node_dir = format!("nodes/{id}");
+        std::fs::create_dir_all(dir.join(&node_dir).join("data"))
+            .with_context(|| format!("create {}", dir.join(&node_dir).display()))?;
+        nodes.push(NodeSection {
+            id,
+            listen: format!("127.0.0.1:{}", free_port()?),
+            dir: node_dir,
+            host: format!("local-{id}"),
+        });
+    }
+    let config = ClusterConfig {
+        meta: vec![format!("127.0.0.1:{}", free_port()?)],
+        data_key_file: KEY_FILE.into(),
+        volume,
+        nodes,
+    };
+    config.save(&config_path)?;
+    Ok(config)
+}
+
+fn log_file(path: &Path) -> Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("open log {}", path.display()))
+}
+
+fn spawn_child(args: &[String], log: &Path) -> Result<Child> {
+    let exe = std::env::current_exe().context("find the sohofs executable")?;
+    let out = log_file(log)?;
+    let err = out.try_clone().context("duplicate log handle")?;
+    let mut command = Command::new(exe);
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        .kill_on_drop(true);
+    // SAFETY: the closure runs in the forked child before exec and only calls
+    // prctl(2), which is async-signal-safe.
+    #[allow(unsafe_code)]
+    unsafe {
+        command.pre_exec(|| {
+            // A child must not outlive `up`, even when `up` is SIGKILLed.
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM).map_err(std::io::Error::from)
+        });
+    }
+    command.spawn().with_context(|| format!("start {}", args.join(" ")))
+}
+
+struct Children {
+    meta: Option<Child>,
+    nodes: Vec<(u64, Child)>,
+}
+
+impl Children {
+    async fn stop(&mut self) {
+        let mut all: Vec<&mut Child> = self.nodes.iter_mut().map(|(_, c)| c).collect();
+        if let Some(meta) = self.meta.as_mut() {
+            all.push(meta);
+        }
+        for child in all.iter() {
+            if let Some(pid) = child.id() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        for child in all {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if tokio::time::timeout(left, child.wait()).await.is_err() {
+                let _ = child.kill().await;
+            }
+        }
+    }
+}
+
+async fn wait_for_port(addr: &str, child: &mut Child, what: &str, log: &Path) -> Result<()> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            bail!("{what} exited ({status}) while starting; see {}", log.display());
+        }
+        if Instant::now() > deadline {
+            bail!("{what} did not listen on {addr} in time; see {}", log.display());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub async fn run(args: UpArgs) -> Result<()> {
+    let dir = absolute(&args.dir)?;
+    let mountpoint = absolute(&args.mount)?;
+    let config = prepare(&args, &dir)?;
+    let config_path = dir.join(CONFIG_FILE);
+    let mut children = Children {
+        meta: None,
+        nodes: Vec::new(),
+    };
+    let result = run_cluster(&config, &config_path, &dir, &mountpoint, &mut children).await;
+    children.stop().await;
+    if result.is_ok() {
+        println!("sohofs: stopped; the volume's data stays in {}", dir.display());
+    }
+    result
+}
+
+async fn run_cluster(
+    config: &ClusterConfig,
+    config_path: &Path,
+    dir: &Path,
+    mountpoint: &Path,
+    children: &mut Children,
+) -> Result<()> {
+    let meta_addr = config.meta[0].clone();
+    let meta_log = dir.join("meta").join("meta.log");
+    let volume = &config.volume;
+    let meta_args: Vec<String> = vec![
+        "meta".into(),
+        "serve".into(),
+        "--dir".into(),
+        dir.join("meta").display().to_string(),
+        "--listen".into(),
+        meta_addr.clone(),
+        "--k".into(),
+        volume.k.to_string(),
+        "--m".into(),
+        volume.m.to_string(),
+        "--write-quorum".into(),
+        volume.write_quorum.to_string(),
+        "--chunk-bytes".into(),
+        volume.chunk_bytes.to_string(),
+    ];
+    let meta_child = children.meta.insert(spawn_child(&meta_args, &meta_log)?);
+    wait_for_port(&meta_addr, meta_child, "meta", &meta_log).await?;
+    for node in &config.nodes {
+        let node_dir = dir.join(&node.dir);
+        let log = node_dir.join("node.log");
+        let node_args: Vec<String> = vec![
+            "node".into(),
+            "serve".into(),
+            "--id".into(),
+            node.id.to_string(),
+            "--dir".into(),
+            node_dir.join("data").display().to_string(),
+            "--listen".into(),
+            node.listen.clone(),
+            "--meta".into(),
+            meta_addr.clone(),
+            "--host".into(),
+            node.host.clone(),
+        ];
+        let child = spawn_child(&node_args, &log)?;
+        if let Some(pid) = child.id() {
+            std::fs::write(node_dir.join("node.pid"), format!("{pid}\n"))
+                .with_context(|| format!("write {}", node_dir.join("node.pid").display()))?;
+        }
+        children.nodes.push((node.id, child));
+    }
+    let volume = crate::mount::connect(config, config_path).await?;
+    let wanted = config.nodes.len();
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        let up = volume.nodes().await?.iter().filter(|n| n.up).count();
+        if up >= wanted {
+            break;
+        }
+        for (id, child) in children.nodes.iter_mut() {
+            if let Ok(Some(status)) = child.try_wait() {
+                bail!(
+                    "node {id} exited ({status}) while starting; see {}/nodes/{id}/node.log",
+                    dir.display()
+                );
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "only {up} of {wanted} nodes registered in time; see the logs under {}/nodes",
+                dir.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let session = crate::mount::mount_volume(volume, mountpoint)?;
+    println!(
+        "sohofs: {} nodes, {}+{} erasure coding; mounted at {}",
+        config.nodes.len(),
+        config.volume.k,
+        config.volume.m,
+        mountpoint.display()
+    );
+    println!(
+        "sohofs: config {}; stop with Ctrl-C (or SIGTERM)",
+        config_path.display()
+    );
+    terminated().await;
+    println!("sohofs: stopping");
+    crate::mount::unmount(session, mountpoint).await;
+    Ok(())
+}

@@ -1,0 +1,1132 @@
+//! The meta service: the namespace (inodes, dentries, xattrs), chunk records,
+//! the node registry and the garbage-collection queue, over a [`KvStore`].
+//!
+//! Every mutation takes the one namespace lock, reads what it needs, and ends
+//! in one atomic, synced batch: a crash leaves either all of an operation or
+//! none of it. Meta never sees a key or a byte of plaintext file data.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use sohofs_format::frame::{decode_body, encode_body};
+use sohofs_format::keys;
+use sohofs_format::messages::{
+    ChunkOp, ChunkWrite, DirEntry, MetaRequest, MetaResponse, NewInode, NodeStatus, SetAttr, StatFs, TimeSet,
+    VolumeStatus,
+};
+use sohofs_format::{
+    ChunkRecord, Dentry, Extent, FileKind, GcRecord, Ino, Inode, NodeId, NodeRecord, PieceBody, TimeNs, VolumeRecord,
+    FIRST_ENTRY_SEQ, NAME_BYTES_MAX, ROOT_INO, SYMLINK_BYTES_MAX, XATTR_NAME_BYTES_MAX, XATTR_VALUE_BYTES_MAX,
+};
+
+use crate::error::{FsError, FsResult};
+use crate::kv::{Batch, KvStore};
+
+/// A node that has not heartbeated for this long is shown down.
+pub const NODE_DOWN_AFTER_DEFAULT: Duration = Duration::from_secs(5);
+/// Most entries one readdir call returns.
+pub const READDIR_ENTRIES_MAX: u32 = 1024;
+/// Most chunk records one ReadChunks call returns.
+pub const READ_CHUNKS_MAX: u32 = 256;
+/// Most shards the garbage collector deletes per pass.
+pub const GC_BATCH_MAX: usize = 512;
+pub const GC_INTERVAL: Duration = Duration::from_secs(2);
+
+const RENAME_NOREPLACE: u32 = 1;
+const XATTR_CREATE: u32 = 1;
+const XATTR_REPLACE: u32 = 2;
+const INODE_COUNTER: &str = "ino";
+const GC_COUNTER: &str = "gc";
+
+pub fn now_ns() -> TimeNs {
+    match SystemTime::now().duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_nanos() as TimeNs,
+        Err(e) => -(e.duration().as_nanos() as TimeNs),
+    }
+}
+
+/// Parameters of a new volume.
+#[derive(Debug, Clone)]
+pub struct VolumeParams {
+    pub data_shards: u8,
+    pub parity_shards: u8,
+    pub write_quorum: u8,
+    pub chunk_bytes: u32,
+    pub inline_bytes_max: u32,
+}
+
+struct Liveness {
+    last_seen: Instant,
+}
+
+pub struct Meta {
+    kv: Arc<dyn KvStore>,
+    volume: VolumeRecord,
+    namespace_lock: Mutex<()>,
+    liveness: Mutex<HashMap<NodeId, Liveness>>,
+    opens: Mutex<HashMap<Ino, HashMap<u64, u32>>>,
+    down_after: Duration,
+}
+
+/// The inodes an operation has read and changed, written out in its batch.
+struct Txn<'a> {
+    meta: &'a Meta,
+    batch: Batch,
+    inodes: BTreeMap<Ino, Inode>,
+    counters: BTreeMap<&'static str, u64>,
+}
+
+impl<'a> Txn<'a> {
+    fn new(meta: &'a Meta) -> Self {
+        Txn {
+            meta,
+            batch: Batch::default(),
+            inodes: BTreeMap::new(),
+            counters: BTreeMap::new(),
+        }
+    }
+
+    fn inode(&mut self, ino: Ino) -> FsResult<Inode> {
+        if let Some(inode) = self.inodes.get(&ino) {
+            return Ok(inode.clone());
+        }
+        self.meta.inode(ino)
+    }
+
+    fn dir(&mut self, ino: Ino) -> FsResult<Inode> {
+        let inode = self.inode(ino)?;
+        if inode.kind != FileKind::Dir {
+            return Err(FsError::NotDir);
+        }
+        Ok(inode)
+    }
+
+    fn set_inode(&mut self, inode: Inode) {
+        self.inodes.insert(inode.ino, inode);
+    }
+
+    fn next(&mut self, counter: &'static str) -> FsResult<u64> {
+        let current = match self.counters.get(counter) {
+            Some(value) => *value,
+            None => self.meta.counter(counter)?,
+        };
+        self.counters.insert(counter, current + 1);
+        Ok(current)
+    }
+
+    /// Adds `name -> ino` to directory `parent` with the next sequence number.
+    fn add_entry(&mut self, parent: Ino, name: &[u8], ino: Ino, kind: FileKind) -> FsResult<()> {
+        let mut dir = self.dir(parent)?;
+        let seq = dir.next_seq;
+        dir.next_seq += 1;
+        let now = now_ns();
+        dir.mtime = now;
+        dir.ctime = now;
+        if kind == FileKind::Dir {
+            dir.nlink += 1;
+        }
+        self.set_inode(dir);
+        self.batch
+            .put(keys::dentry(parent, name), Dentry { ino, kind, seq }.encode());
+        self.batch.put(keys::dir_seq(parent, seq), name.to_vec());
+        Ok(())
+    }
+
+    fn remove_entry(&mut self, parent: Ino, name: &[u8], entry: &Dentry) -> FsResult<()> {
+        let mut dir = self.dir(parent)?;
+        let now = now_ns();
+        dir.mtime = now;
+        dir.ctime = now;
+        if entry.kind == FileKind::Dir {
+            dir.nlink = dir.nlink.saturating_sub(1);
+        }
+        self.set_inode(dir);
+        self.batch.delete(keys::dentry(parent, name));
+        self.batch.delete(keys::dir_seq(parent, entry.seq));
+        Ok(())
+    }
+
+    /// Queues every shard of `extent`'s piece for deletion.
+    fn release_extent(&mut self, extent: &Extent) -> FsResult<()> {
+        if let PieceBody::Striped { shards, .. } = &extent.piece.body {
+            for (index, shard) in shards.iter().enumerate() {
+                if let Some(node) = shard.node {
+                    let seq = self.next(GC_COUNTER)?;
+                    let record = GcRecord {
+                        node,
+                        piece_id: extent.piece.id,
+                        shard_index: index as u8,
+                        queued: now_ns(),
+                    };
+                    self.batch.put(keys::gc(seq), record.encode());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops an inode with no links left, or keeps it as an orphan while it
+    /// is open somewhere.
+    fn drop_link(&mut self, mut inode: Inode) -> FsResult<()> {
+        let now = now_ns();
+        inode.ctime = now;
+        if inode.kind == FileKind::Dir {
+            inode.nlink = 0;
+        } else {
+            inode.nlink = inode.nlink.saturating_sub(1);
+        }
+        if inode.nlink > 0 {
+            self.set_inode(inode);
+            return Ok(());
+        }
+        if self.meta.is_open(inode.ino) {
+            self.batch.put(keys::orphan(inode.ino), Vec::new());
+            self.set_inode(inode);
+            return Ok(());
+        }
+        self.purge(inode.ino)
+    }
+
+    /// Deletes an inode, its chunk records (queueing their shards) and xattrs.
+    fn purge(&mut self, ino: Ino) -> FsResult<()> {
+        let chunks = self.meta.scan_all(&keys::chunk_prefix(ino))?;
+        for (key, value) in chunks {
+            let record = ChunkRecord::decode(&value)?;
+            for extent in &record.extents {
+                self.release_extent(extent)?;
+            }
+            self.batch.delete(key);
+        }
+        for (key, _) in self.meta.scan_all(&keys::xattr_prefix(ino))? {
+            self.batch.delete(key);
+        }
+        self.inodes.remove(&ino);
+        self.batch.delete(keys::inode(ino));
+        self.batch.delete(keys::orphan(ino));
+        Ok(())
+    }
+
+    fn commit(mut self) -> FsResult<()> {
+        for (name, value) in &self.counters {
+            self.batch.put(keys::counter(name), value.to_le_bytes().to_vec());
+        }
+        for inode in self.inodes.values() {
+            self.batch.put(keys::inode(inode.ino), inode.encode());
+        }
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        self.meta.kv.write(self.batch)
+    }
+}
+
+fn check_name(name: &[u8]) -> FsResult<()> {
+    if name.is_empty() || name.contains(&b'/') || name.contains(&0) {
+        return Err(FsError::Invalid("a name is not empty and has no '/' or NUL"));
+    }
+    if name.len() > NAME_BYTES_MAX {
+        return Err(FsError::NameTooLong);
+    }
+    Ok(())
+}
+
+fn check_new_name(name: &[u8]) -> FsResult<()> {
+    check_name(name)?;
+    if name == b"." || name == b".." {
+        return Err(FsError::Exists);
+    }
+    Ok(())
+}
+
+fn resolve_time(time: TimeSet, now: TimeNs) -> TimeNs {
+    match time {
+        TimeSet::Now => now,
+        TimeSet::At(at) => at,
+    }
+}
+
+/// Trims the extents of a chunk to its first `keep` bytes; returns the
+/// extents that no longer show anything.
+fn trim_extents(record: &mut ChunkRecord, keep: u32) -> Vec<Extent> {
+    let mut dropped = Vec::new();
+    record.extents.retain_mut(|extent| {
+        if extent.offset >= keep {
+            dropped.push(extent.clone());
+            return false;
+        }
+        extent.len = extent.len.min(keep - extent.offset);
+        true
+    });
+    dropped
+}
+
+impl Meta {
+    /// Opens the namespace in `kv`, creating the volume with `params` if the
+    /// store is empty. An empty store without `params` is an error.
+    pub fn open(kv: Arc<dyn KvStore>, params: Option<VolumeParams>, down_after: Duration) -> FsResult<Meta> {
+        let volume = match kv.get(keys::VOLUME)? {
+            Some(bytes) => VolumeRecord::decode(&bytes)?,
+            None => {
+                let params = params.ok_or(FsError::Invalid("the metadata store holds no volume"))?;
+                let now = now_ns();
+                let volume = VolumeRecord {
+                    volume_id: rand::random(),
+                    data_shards: params.data_shards,
+                    parity_shards: params.parity_shards,
+                    write_quorum: params.write_quorum,
+                    chunk_bytes: params.chunk_bytes,
+                    inline_bytes_max: params.inline_bytes_max,
+                    created: now,
+                };
+                let root = Inode {
+                    ino: ROOT_INO,
+                    generation: 1,
+                    kind: FileKind::Dir,
+                    perm: 0o755,
+                    uid: 0,
+                    gid: 0,
+                    nlink: 2,
+                    size: 0,
+                    atime: now,
+                    mtime: now,
+                    ctime: now,
+                    rdev: 0,
+                    parent: ROOT_INO,
+                    next_seq: FIRST_ENTRY_SEQ,
+                    symlink: Vec::new(),
+                };
+                let mut batch = Batch::default();
+                batch.put(keys::VOLUME.to_vec(), volume.encode());
+                batch.put(keys::inode(ROOT_INO), root.encode());
+                batch.put(keys::counter(INODE_COUNTER), (ROOT_INO + 1).to_le_bytes().to_vec());
+                kv.write(batch)?;
+                volume
+            }
+        };
+        let meta = Meta {
+            kv,
+            volume,
+            namespace_lock: Mutex::new(()),
+            liveness: Mutex::new(HashMap::new()),
+            opens: Mutex::new(HashMap::new()),
+            down_after,
+        };
+        meta.purge_orphans()?;
+        Ok(meta)
+    }
+
+    pub fn volume(&self) -> &VolumeRecord {
+        &self.volume
+    }
+
+    /// Orphans left by a previous run are open nowhere now: drop them.
+    fn purge_orphans(&self) -> FsResult<()> {
+        let _guard = self.lock();
+        let orphans = self.scan_all(keys::ORPHAN_PREFIX)?;
+        if orphans.is_empty() {
+            return Ok(());
+        }
+        let mut txn = Txn::new(self);
+        for (key, _) in orphans {
+            match keys::ino_of(&key) {
+                Some(ino) => txn.purge(ino)?,
+                None => txn.batch.delete(key),
+            }
+        }
+        txn.commit()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.namespace_lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn scan_all(&self, prefix: &[u8]) -> FsResult<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.kv.scan(prefix, None, usize::MAX)
+    }
+
+    fn counter(&self, name: &str) -> FsResult<u64> {
+        match self.kv.get(&keys::counter(name))? {
+            Some(bytes) => {
+                let array: [u8; 8] = bytes
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| FsError::Corrupt(format!("counter {name} is not 8 bytes")))?;
+                Ok(u64::from_le_bytes(array))
+            }
+            None => Ok(1),
+        }
+    }
+
+    fn is_open(&self, ino: Ino) -> bool {
+        self.opens
+            .lock()
+            .expect("open table lock")
+            .get(&ino)
+            .is_some_and(|sessions| !sessions.is_empty())
+    }
+
+    pub fn inode(&self, ino: Ino) -> FsResult<Inode> {
+        match self.kv.get(&keys::inode(ino))? {
+            Some(bytes) => Ok(Inode::decode(&bytes)?),
+            None => Err(FsError::NotFound),
+        }
+    }
+
+    fn dentry(&self, parent: Ino, name: &[u8]) -> FsResult<Option<Dentry>> {
+        match self.kv.get(&keys::dentry(parent, name))? {
+            Some(bytes) => Ok(Some(Dentry::decode(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn lookup(&self, parent: Ino, name: &[u8]) -> FsResult<Inode> {
+        check_name(name)?;
+        match self.dentry(parent, name)? {
+            Some(entry) => self.inode(entry.ino),
+            None => {
+                let dir = self.inode(parent)?;
+                if dir.kind != FileKind::Dir {
+                    return Err(FsError::NotDir);
+                }
+                Err(FsError::NotFound)
+            }
+        }
+    }
+
+    pub fn set_attr(&self, ino: Ino, attr: &SetAttr) -> FsResult<Inode> {
+        let _guard = self.lock();
+        let mut txn = Txn::new(self);
+        let mut inode = txn.inode(ino)?;
+        let now = now_ns();
+        if let Some(perm) = attr.perm {
+            inode.perm = perm & 0o7777;
+        }
+        if let Some(uid) = attr.uid {
+            inode.uid = uid;
+        }
+        if let Some(gid) = attr.gid {
+            inode.gid = gid;
+        }
+        if let Some(atime) = attr.atime {
+            inode.atime = resolve_time(atime, now);
+        }
+        if let Some(mtime) = attr.mtime {
+            inode.mtime = resolve_time(mtime, now);
+        }
+        if let Some(size) = attr.size {
+            match inode.kind {
+                FileKind::File => {}
+                FileKind::Dir => return Err(FsError::IsDir),
+                _ => return Err(FsError::Invalid("only regular files have a size to set")),
+            }
+            if size < inode.size {
+                self.truncate_chunks(&mut txn, ino, size)?;
+            }
+            if size != inode.size && attr.mtime.is_none() {
+                inode.mtime = now;
+            }
+            inode.size = size;
+        }
+        inode.ctime = now;
+        txn.set_inode(inode.clone());
+        txn.commit()?;
+        Ok(inode)
+    }
+
+    /// Drops chunk data past `size`: whole chunks go, the boundary chunk's
+    /// extents are trimmed so that a later extension reads zeros there.
+    fn truncate_chunks(&self, txn: &mut Txn<'_>, ino: Ino, size: u64) -> FsResult<()> {
+        let chunk_bytes = self.volume.chunk_bytes as u64;
+        let first_affected = size / chunk_bytes;
+        let after = first_affected.checked_sub(1).map(|index| keys::chunk(ino, index));
+        let records = self.kv.scan(&keys::chunk_prefix(ino), after.as_deref(), usize::MAX)?;
+        for (key, value) in records {
+            let Some((_, index)) = keys::chunk_of(&key) else {
+                continue;
+            };
+            if index < first_affected {
+                continue;
+            }
+            let mut record = ChunkRecord::decode(&value)?;
+            let keep = size.saturating_sub(index * chunk_bytes).min(chunk_bytes) as u32;
+            for extent in trim_extents(&mut record, keep) {
+                txn.release_extent(&extent)?;
+            }
+            if record.extents.is_empty() {
+                txn.batch.delete(key);
+            } else {
+                txn.batch.put(key, record.encode());
+            }
+        }
+        Ok(())
+    }
+
+    pub fn create(&self, parent: Ino, name: &[u8], new: &NewInode) -> FsResult<Inode> {
+        check_new_name(name)?;
+        if new.kind == FileKind::Symlink && (new.symlink.is_empty() || new.symlink.len() > SYMLINK_BYTES_MAX) {
+            return Err(if new.symlink.is_empty() {
+                FsError::Invalid("empty symlink target")
+            } else {
+                FsError::NameTooLong
+            });
+        }
+        let _guard = self.lock();
+        let mut txn = Txn::new(self);
+        let dir = txn.dir(parent)?;
+        if dir.nlink == 0 {
+            return Err(FsError::NotFound);
+        }
+        if self.dentry(parent, name)?.is_some() {
+            return Err(FsError::Exists);
+        }
+        let ino = txn.next(INODE_COUNTER)?;
+        let now = now_ns();
+        let mut perm = new.perm & 0o7777;
+        let mut gid = new.gid;
+        if dir.perm & 0o2000 != 0 {
+            gid = dir.gid;
+            if new.kind == FileKind::Dir {
+                perm |= 0o2000;
+            }
+        }
+        let inode = Inode {
+            ino,
+            generation: 1,
+            kind: new.kind,
+            perm,
+            uid: new.uid,
+            gid,
+            nlink: if new.kind == FileKind::Dir { 2 } else { 1 },
+            size: if new.kind == FileKind::Symlink {
+                new.symlink.len() as u64
+            } else {
+                0
+            },
+            atime: now,
+            mtime: now,
+            ctime: now,
+            rdev: new.rdev,
+            parent: if new.kind == FileKind::Dir { parent } else { 0 },
+            next_seq: FIRST_ENTRY_SEQ,
+            symlink: if new.kind == FileKind::Symlink {
+                new.symlink.clone()
+            } else {
+                Vec::new()
+            },
+        };
+        txn.add_entry(parent, name, ino, new.kind)?;
+        txn.set_inode(inode.clone());
+        txn.commit()?;
+        Ok(inode)
+    }
+
+    pub fn link(&self, ino: Ino, parent: Ino, name: &[u8]) -> FsResult<Inode> {
+        check_new_name(name)?;
+        let _guard = self.lock();
+        let mut txn = Txn::new(self);
+        let mut inode = txn.inode(ino)?;
+        if inode.kind == FileKind::Dir {
+            return Err(FsError::Permission);
+        }
+        if inode.nlink == 0 {
+            return Err(FsError::NotFound);
+        }
+        txn.dir(parent)?;
+        if self.dentry(parent, name)?.is_some() {
+            return Err(FsError::Exists);
+        }
+        inode.nlink += 1;
+        inode.ctime = now_ns();
+        txn.add_entry(parent, name, ino, inode.kind)?;
+        txn.set_inode(inode.clone());
+        txn.commit()?;
+        Ok(inode)
+    }
+
+    pub fn unlink(&self, parent: Ino, name: &[u8]) -> FsResult<()> {
+        check_name(name)?;
+        let _guard = self.lock();
+        let mut txn = Txn::new(self);
+        txn.dir(parent)?;
+        let entry = self.dentry(parent, name)?.ok_or(FsError::NotFound)?;
+        if entry.kind == FileKind::Dir {
+            return Err(FsError::IsDir);
+        }
+        let inode = txn.inode(entry.ino)?;
+        txn.remove_entry(parent, name, &entry)?;
+        txn.drop_link(inode)?;
+        txn.commit()
+    }
+
+    fn is_empty_dir(&self, ino: Ino) -> FsResult<bool> {
+        Ok(self.kv.scan(&keys::dentry_prefix(ino), None, 1)?.is_empty())
+    }
+
+    pub fn rmdir(&self, parent: Ino, name: &[u8]) -> FsResult<()> {
+        check_name(name)?;
+        if name == b"." {
+            return Err(FsError::Invalid("cannot remove '.'"));
+        }
+        if name == b".." {
+            return Err(FsError::NotEmpty);
+        }
+        let _guard = self.lock();
+        let mut txn = Txn::new(self);
+        txn.dir(parent)?;
+        let entry = self.dentry(parent, name)?.ok_or(FsError::NotFound)?;
+        if entry.kind != FileKind::Dir {
+            return Err(FsError::NotDir);
+        }
+        if !self.is_empty_dir(entry.ino)? {
+            return Err(FsError::NotEmpty);
+        }
+        let inode = txn.inode(entry.ino)?;
+        txn.remove_entry(parent, name, &entry)?;
+        txn.drop_link(inode)?;
+        txn.commit()
+    }
+
+    /// True when `ancestor` is `ino` or one of the directories above it.
+    fn is_ancestor(&self, ancestor: Ino, mut ino: Ino) -> FsResult<bool> {
+        // Bounded by the depth of the tree; the root is its own parent.
+        for _ in 0..100_000 {
+            if ino == ancestor {
+                return Ok(true);
+            }
+            if ino == ROOT_INO {
+                return Ok(false);
+            }
+            ino = self.inode(ino)?.parent;
+        }
+        Err(FsError::Corrupt(
+            "directory parent chain does not reach the root".into(),
+        ))
+    }
+
+    pub fn rename(&self, parent: Ino, name: &[u8], new_parent: Ino, new_name: &[u8], flags: u32) -> FsResult<()> {
+        check_name(name)?;
+        check_new_name(new_name)?;
+        if name == b"." || name == b".." {
+            return Err(FsError::Invalid("cannot rename '.' or '..'"));
+        }
+        if flags & !RENAME_NOREPLACE != 0 {
+            return Err(FsError::Invalid("rename flags other than RENAME_NOREPLACE"));
+        }
+        let _guard = self.lock();
+        let mut txn = Txn::new(self);
+        txn.dir(parent)?;
+        txn.dir(new_parent)?;
+        let entry = self.dentry(parent, name)?.ok_or(FsError::NotFound)?;
+        if parent == new_parent && name == new_name {
+            return Ok(());
+        }
+        if entry.kind == FileKind::Dir && self.is_ancestor(entry.ino, new_parent)? {
+            return Err(FsError::Invalid("cannot move a directory into itself"));
+        }
+        if let Some(target) = self.dentry(new_parent, new_name)? {
+            if flags & RENAME_NOREPLACE != 0 {
+                return Err(FsError::Exists);
+            }
+            if target.ino == entry.ino {
+                return Ok(());
+            }
+            match (entry.kind == FileKind::Dir, target.kind == FileKind::Dir) {
+                (true, false) => return Err(FsError::NotDir),
+                (false, true) => return Err(FsError::IsDir),
+                (true, true) if !self.is_empty_dir(target.ino)? => return Err(FsError::NotEmpty),
+                _ => {}
+            }
+            let target_inode = txn.inode(target.ino)?;
+            txn.remove_entry(new_parent, new_name, &target)?;
+            txn.drop_link(target_inode)?;
+        }
+        txn.remove_entry(parent, name, &entry)?;
+        txn.add_entry(new_parent, new_name, entry.ino, entry.kind)?;
+        let mut moved = txn.inode(entry.ino)?;
+        moved.ctime = now_ns();
+        if moved.kind == FileKind::Dir {
+            moved.parent = new_parent;
+        }
+        txn.set_inode(moved);
+        txn.commit()
+    }
+
+    pub fn read_dir(&self, dir: Ino, after_seq: u64, limit: u32) -> FsResult<Vec<DirEntry>> {
+        let inode = self.inode(dir)?;
+        if inode.kind != FileKind::Dir {
+            return Err(FsError::NotDir);
+        }
+        let limit = limit.clamp(1, READDIR_ENTRIES_MAX) as usize;
+        let after = keys::dir_seq(dir, after_seq);
+        let mut entries = Vec::with_capacity(limit);
+        for (key, name) in self.kv.scan(&keys::dir_seq_prefix(dir), Some(&after), limit)? {
+            let seq = keys::dir_seq_of(&key).ok_or_else(|| FsError::Corrupt("short readdir key".into()))?;
+            // The index and the dentry are written in one batch; a missing
+            // dentry would be corruption, skipping it keeps listing usable.
+            let Some(entry) = self.dentry(dir, &name)? else {
+                tracing::warn!(dir, seq, "readdir index entry without a dentry");
+                continue;
+            };
+            entries.push(DirEntry {
+                name,
+                ino: entry.ino,
+                kind: entry.kind,
+                seq,
+            });
+        }
+        Ok(entries)
+    }
+
+    pub fn get_xattr(&self, ino: Ino, name: &[u8]) -> FsResult<Vec<u8>> {
+        self.inode(ino)?;
+        self.kv.get(&keys::xattr(ino, name))?.ok_or(FsError::NoXattr)
+    }
+
+    pub fn set_xattr(&self, ino: Ino, name: &[u8], value: &[u8], flags: u32) -> FsResult<()> {
+        if name.is_empty() || name.len() > XATTR_NAME_BYTES_MAX {
+            return Err(FsError::Range);
+        }
+        if value.len() > XATTR_VALUE_BYTES_MAX {
+            return Err(FsError::TooBig);
+        }
+        let _guard = self.lock();
+        let mut txn = Txn::new(self);
+        let mut inode = txn.inode(ino)?;
+        let exists = self.kv.get(&keys::xattr(ino, name))?.is_some();
+        if flags & XATTR_CREATE != 0 && exists {
+            return Err(FsError::Exists);
+        }
+        if flags & XATTR_REPLACE != 0 && !exists {
+            return Err(FsError::NoXattr);
+        }
+        inode.ctime = now_ns();
+        txn.set_inode(inode);
+        txn.batch.put(keys::xattr(ino, name), value.to_vec());
+        txn.commit()
+    }
+
+    pub fn list_xattr(&self, ino: Ino) -> FsResult<Vec<Vec<u8>>> {
+        self.inode(ino)?;
+        let prefix = keys::xattr_prefix(ino);
+        Ok(self
+            .scan_all(&prefix)?
+            .into_iter()
+            .map(|(key, _)| key[prefix.len()..].to_vec())
+            .collect())
+    }
+
+    pub fn remove_xattr(&self, ino: Ino, name: &[u8]) -> FsResult<()> {
+        let _guard = self.lock();
+        let mut txn = Txn::new(self);
+        let mut inode = txn.inode(ino)?;
+        if self.kv.get(&keys::xattr(ino, name))?.is_none() {
+            return Err(FsError::NoXattr);
+        }
+        inode.ctime = now_ns();
+        txn.set_inode(inode);
+        txn.batch.delete(keys::xattr(ino, name));
+        txn.commit()
+    }
+
+    pub fn read_chunks(&self, ino: Ino, first_index: u64, count: u32) -> FsResult<Vec<(u64, ChunkRecord)>> {
+        let count = count.clamp(1, READ_CHUNKS_MAX) as u64;
+        let prefix = keys::chunk_prefix(ino);
+        let start = keys::chunk(ino, first_index);
+        let mut out = Vec::new();
+        // `scan` is exclusive of `after`; the key just below `start` is the prefix
+        // itself when first_index is 0, else chunk(first_index - 1).
+        let after = if first_index == 0 {
+            None
+        } else {
+            Some(keys::chunk(ino, first_index - 1))
+        };
+        for (key, value) in self.kv.scan(&prefix, after.as_deref(), count as usize)? {
+            let Some((_, index)) = keys::chunk_of(&key) else {
+                continue;
+            };
+            if index >= first_index.saturating_add(count) || key < start {
+                break;
+            }
+            out.push((index, ChunkRecord::decode(&value)?));
+        }
+        Ok(out)
+    }
+
+    pub fn commit_write(&self, ino: Ino, writes: &[ChunkWrite], size_at_least: u64, mtime: TimeNs) -> FsResult<Inode> {
+        let _guard = self.lock();
+        let mut txn = Txn::new(self);
+        let mut inode = txn.inode(ino)?;
+        if inode.kind != FileKind::File {
+            return Err(FsError::Invalid("data written to something other than a file"));
+        }
+        for write in writes {
+            let key = keys::chunk(ino, write.index);
+            let mut record = match self.kv.get(&key)? {
+                Some(bytes) => ChunkRecord::decode(&bytes)?,
+                None => ChunkRecord::default(),
+            };
+            match &write.op {
+                ChunkOp::Replace(extent) => {
+                    for old in std::mem::take(&mut record.extents) {
+                        txn.release_extent(&old)?;
+                    }
+                    record.extents.push(extent.clone());
+                }
+                ChunkOp::Overlay(extent) => {
+                    let (start, end) = (extent.offset, extent.offset + extent.len);
+                    let (hidden, kept): (Vec<Extent>, Vec<Extent>) = std::mem::take(&mut record.extents)
+                        .into_iter()
+                        .partition(|old| old.offset >= start && old.offset + old.len <= end);
+                    for old in hidden {
+                        txn.release_extent(&old)?;
+                    }
+                    record.extents = kept;
+                    record.extents.push(extent.clone());
+                }
+            }
+            txn.batch.put(key, record.encode());
+        }
+        inode.size = inode.size.max(size_at_least);
+        inode.mtime = mtime;
+        inode.ctime = mtime.max(now_ns());
+        txn.set_inode(inode.clone());
+        txn.commit()?;
+        Ok(inode)
+    }
+
+    pub fn open_file(&self, ino: Ino, session: u64) -> FsResult<()> {
+        let _guard = self.lock();
+        self.inode(ino)?;
+        *self
+            .opens
+            .lock()
+            .expect("open table lock")
+            .entry(ino)
+            .or_default()
+            .entry(session)
+            .or_default() += 1;
+        Ok(())
+    }
+
+    pub fn release_file(&self, ino: Ino, session: u64) -> FsResult<()> {
+        let _guard = self.lock();
+        {
+            let mut opens = self.opens.lock().expect("open table lock");
+            if let Some(sessions) = opens.get_mut(&ino) {
+                if let Some(count) = sessions.get_mut(&session) {
+                    *count -= 1;
+                    if *count == 0 {
+                        sessions.remove(&session);
+                    }
+                }
+                if sessions.is_empty() {
+                    opens.remove(&ino);
+                }
+            }
+        }
+        if self.is_open(ino) {
+            return Ok(());
+        }
+        match self.inode(ino) {
+            Ok(inode) if inode.nlink == 0 => {
+                let mut txn = Txn::new(self);
+                txn.purge(ino)?;
+                txn.commit()
+            }
+            Ok(_) | Err(FsError::NotFound) => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
+    pub fn heartbeat(&self, node: &NodeRecord) -> FsResult<()> {
+        let known = match self.kv.get(&keys::node(node.id))? {
+            Some(bytes) => Some(NodeRecord::decode(&bytes)?),
+            None => None,
+        };
+        // The registry keeps where a node is; usage figures refresh in memory
+        // through the liveness table and are written back at most when the
+        // address or host changes, or on a large change of free space.
+        let changed = known.as_ref().is_none_or(|k| {
+            k.addr != node.addr
+                || k.host != node.host
+                || k.shards != node.shards
+                || k.free_bytes.abs_diff(node.free_bytes) > 64 * 1024 * 1024
+        });
+        if changed {
+            let mut batch = Batch::default();
+            batch.put(keys::node(node.id), node.encode());
+            self.kv.write(batch)?;
+        }
+        self.liveness.lock().expect("liveness lock").insert(
+            node.id,
+            Liveness {
+                last_seen: Instant::now(),
+            },
+        );
+        Ok(())
+    }
+
+    pub fn nodes(&self) -> FsResult<Vec<NodeStatus>> {
+        let liveness = self.liveness.lock().expect("liveness lock");
+        let mut out = Vec::new();
+        for (_, value) in self.scan_all(keys::NODE_PREFIX)? {
+            let record = NodeRecord::decode(&value)?;
+            let seen = liveness.get(&record.id).map(|l| l.last_seen.elapsed());
+            out.push(NodeStatus {
+                up: seen.is_some_and(|s| s < self.down_after),
+                last_seen_ms_ago: seen.map_or(u64::MAX, |s| s.as_millis() as u64),
+                record,
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn stat_fs(&self) -> FsResult<StatFs> {
+        let nodes = self.nodes()?;
+        let files = self.counter(INODE_COUNTER)?.saturating_sub(1);
+        let (k, m) = (self.volume.data_shards as u64, self.volume.parity_shards as u64);
+        let usable = |raw: u64| raw / (k + m) * k;
+        let up = nodes.iter().filter(|n| n.up);
+        let (capacity, free) = up.fold((0u64, 0u64), |(c, f), n| {
+            (c + n.record.capacity_bytes, f + n.record.free_bytes)
+        });
+        Ok(StatFs {
+            capacity_bytes: usable(capacity),
+            free_bytes: usable(free),
+            files,
+        })
+    }
+
+    pub fn status(&self) -> FsResult<VolumeStatus> {
+        let up: std::collections::HashSet<NodeId> = self
+            .nodes()?
+            .into_iter()
+            .filter(|n| n.up)
+            .map(|n| n.record.id)
+            .collect();
+        let mut status = VolumeStatus::default();
+        for (_, value) in self.scan_all(keys::INODE_PREFIX)? {
+            let inode = Inode::decode(&value)?;
+            if inode.kind == FileKind::File && inode.nlink > 0 {
+                status.files += 1;
+                status.bytes += inode.size;
+            }
+        }
+        let k = self.volume.data_shards as usize;
+        for (_, value) in self.scan_all(keys::CHUNK_PREFIX)? {
+            let record = ChunkRecord::decode(&value)?;
+            status.chunks_total += 1;
+            let mut worst = 2; // 2 healthy, 1 degraded, 0 unreadable
+            for extent in &record.extents {
+                if let PieceBody::Striped { shards, .. } = &extent.piece.body {
+                    let live = shards
+                        .iter()
+                        .filter(|s| s.node.is_some_and(|n| up.contains(&n)))
+                        .count();
+                    let health = if live == shards.len() {
+                        2
+                    } else if live >= k {
+                        1
+                    } else {
+                        0
+                    };
+                    worst = worst.min(health);
+                }
+            }
+            match worst {
+                2 => status.chunks_healthy += 1,
+                1 => status.chunks_degraded += 1,
+                _ => status.chunks_unreadable += 1,
+            }
+        }
+        Ok(status)
+    }
+
+    /// The next shards to delete, with their queue keys.
+    pub fn gc_batch(&self) -> FsResult<Vec<(Vec<u8>, GcRecord)>> {
+        self.kv
+            .scan(keys::GC_PREFIX, None, GC_BATCH_MAX)?
+            .into_iter()
+            .map(|(key, value)| Ok((key, GcRecord::decode(&value)?)))
+            .collect()
+    }
+
+    pub fn gc_done(&self, done: Vec<Vec<u8>>) -> FsResult<()> {
+        let mut batch = Batch::default();
+        for key in done {
+            batch.delete(key);
+        }
+        self.kv.write(batch)
+    }
+
+    /// Answers one request. Runs on the blocking pool.
+    pub fn handle(&self, request: MetaRequest) -> FsResult<MetaResponse> {
+        Ok(match request {
+            MetaRequest::Volume => MetaResponse::Volume(self.volume.clone()),
+            MetaRequest::Lookup { parent, name } => MetaResponse::Inode(self.lookup(parent, &name)?),
+            MetaRequest::GetAttr { ino } => MetaResponse::Inode(self.inode(ino)?),
+            MetaRequest::SetAttr { ino, attr } => MetaResponse::Inode(self.set_attr(ino, &attr)?),
+            MetaRequest::Create { parent, name, inode } => MetaResponse::Inode(self.create(parent, &name, &inode)?),
+            MetaRequest::Link { ino, parent, name } => MetaResponse::Inode(self.link(ino, parent, &name)?),
+            MetaRequest::Unlink { parent, name } => {
+                self.unlink(parent, &name)?;
+                MetaResponse::Ok
+            }
+            MetaRequest::Rmdir { parent, name } => {
+                self.rmdir(parent, &name)?;
+                MetaResponse::Ok
+            }
+            MetaRequest::Rename {
+                parent,
+                name,
+                new_parent,
+                new_name,
+                flags,
+            } => {
+                self.rename(parent, &name, new_parent, &new_name, flags)?;
+                MetaResponse::Ok
+            }
+            MetaRequest::ReadDir { dir, after_seq, limit } => {
+                MetaResponse::Entries(self.read_dir(dir, after_seq, limit)?)
+            }
+            MetaRequest::GetXattr { ino, name } => MetaResponse::Xattr(self.get_xattr(ino, &name)?),
+            MetaRequest::SetXattr {
+                ino,
+                name,
+                value,
+                flags,
+            } => {
+                self.set_xattr(ino, &name, &value, flags)?;
+                MetaResponse::Ok
+            }
+            MetaRequest::ListXattr { ino } => MetaResponse::XattrNames(self.list_xattr(ino)?),
+            MetaRequest::RemoveXattr { ino, name } => {
+                self.remove_xattr(ino, &name)?;
+                MetaResponse::Ok
+            }
+            MetaRequest::StatFs => MetaResponse::StatFs(self.stat_fs()?),
+            MetaRequest::ReadChunks {
+                ino,
+                first_index,
+                count,
+            } => MetaResponse::Chunks(self.read_chunks(ino, first_index, count)?),
+            MetaRequest::CommitWrite {
+                ino,
+                writes,
+                size_at_least,
+                mtime,
+            } => MetaResponse::Inode(self.commit_write(ino, &writes, size_at_least, mtime)?),
+            MetaRequest::Open { ino, session } => {
+                self.open_file(ino, session)?;
+                MetaResponse::Ok
+            }
+            MetaRequest::Release { ino, session } => {
+                self.release_file(ino, session)?;
+                MetaResponse::Ok
+            }
+            MetaRequest::Heartbeat { node } => {
+                self.heartbeat(&node)?;
+                MetaResponse::Ok
+            }
+            MetaRequest::Nodes => MetaResponse::Nodes(self.nodes()?),
+            MetaRequest::Status => MetaResponse::Status(self.status()?),
+        })
+    }
+}
+
+struct MetaHandler {
+    meta: Arc<Meta>,
+}
+
+impl crate::rpc::Handler for MetaHandler {
+    async fn handle(&self, body: Vec<u8>, _data: Bytes) -> (Vec<u8>, Bytes) {
+        let response = match decode_body::<MetaRequest>(&body) {
+            Err(error) => {
+                tracing::debug!(%error, "undecodable meta request");
+                MetaResponse::Error(sohofs_format::messages::ErrorKind::Protocol)
+            }
+            Ok(request) => {
+                let meta = self.meta.clone();
+                match tokio::task::spawn_blocking(move || meta.handle(request)).await {
+                    Ok(Ok(response)) => response,
+                    Ok(Err(error)) => {
+                        if matches!(error, FsError::Io(_) | FsError::Corrupt(_)) {
+                            tracing::error!(%error, "meta request failed");
+                        }
+                        MetaResponse::Error(error.kind())
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "meta request task failed");
+                        MetaResponse::Error(sohofs_format::messages::ErrorKind::Io)
+                    }
+                }
+            }
+        };
+        (encode_body(&response), Bytes::new())
+    }
+}
+
+/// Serves `meta` on `listen` and runs its garbage collector, until dropped.
+pub async fn run_meta(meta: Arc<Meta>, listen: &str) -> std::io::Result<()> {
+    let transport = crate::rpc::Transport::default();
+    let listener = transport.bind(listen).await?;
+    tracing::info!(%listen, volume = %format!("{:032x}", meta.volume().volume_id), "meta serving");
+    let handler = Arc::new(MetaHandler { meta: meta.clone() });
+    tokio::select! {
+        _ = crate::rpc::serve(listener, handler) => Ok(()),
+        _ = gc_loop(meta, transport) => Ok(()),
+    }
+}
+
+/// Deletes queued shards from the nodes that are up; the rest wait.
+async fn gc_loop(meta: Arc<Meta>, transport: crate::rpc::Transport) {
+    let mut clients: HashMap<NodeId, Arc<crate::peers::NodeClient>> = HashMap::new();
+    loop {
+        tokio::time::sleep(GC_INTERVAL).await;
+        let (batch, nodes) = {
+            let meta = meta.clone();
+            match tokio::task::spawn_blocking(move || Ok::<_, FsError>((meta.gc_batch()?, meta.nodes()?))).await {
+                Ok(Ok(found)) => found,
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "garbage collector cannot read its queue");
+                    continue;
+                }
+                Err(_) => continue,
+            }
+        };
+        if batch.is_empty() {
+            continue;
+        }
+        let up: HashMap<NodeId, String> = nodes
+            .into_iter()
+            .filter(|n| n.up)
+            .map(|n| (n.record.id, n.record.addr))
+            .collect();
+        let mut done = Vec::new();
+        for (key, record) in batch {
+            let Some(addr) = up.get(&record.node) else { continue };
+            let client = clients
+                .entry(record.node)
+                .or_insert_with(|| Arc::new(crate::peers::NodeClient::new(addr.clone(), transport.clone())))
+                .clone();
+            let shard = crate::shard_store::ShardKey {
+                piece_id: record.piece_id,
+                shard_index: record.shard_index,
+            };
+            match client.delete_shard(shard).await {
+                Ok(()) => done.push(key),
+                Err(error) => tracing::debug!(node = record.node, %error, "shard delete deferred"),
+            }
+        }
+        if !done.is_empty() {
+            let meta = meta.clone();
+            if let Ok(Err(error)) = tokio::task::spawn_blocking(move || meta.gc_done(done)).await {
+                tracing::warn!(%error, "garbage collector cannot update its queue");
+            }
+        }
+    }
+}

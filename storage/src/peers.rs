@@ -1,0 +1,116 @@
+//! Typed clients for the two services: meta and node.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use sohofs_format::frame::{decode_body, encode_body};
+use sohofs_format::messages::{MetaRequest, MetaResponse, NodeRequest, NodeResponse};
+
+use crate::error::{FsError, FsResult};
+use crate::rpc::{RpcClient, Transport};
+use crate::shard_store::ShardKey;
+
+/// A client of the meta service. It takes a list of addresses and uses the
+/// first that answers, so that a replicated meta needs no change here.
+#[derive(Debug, Clone)]
+pub struct MetaClient {
+    peers: Arc<Vec<RpcClient>>,
+}
+
+impl MetaClient {
+    pub fn new(addrs: &[String], transport: Transport) -> Self {
+        MetaClient {
+            peers: Arc::new(
+                addrs
+                    .iter()
+                    .map(|a| RpcClient::new(a.clone(), transport.clone()))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Sends `request`; an error answer becomes `Err` of its kind.
+    pub async fn call(&self, request: &MetaRequest) -> FsResult<MetaResponse> {
+        let body = encode_body(request);
+        let mut last_error = FsError::Unavailable("no meta address configured".into());
+        for peer in self.peers.iter() {
+            match peer.call(&body, &[]).await {
+                Ok(frame) => {
+                    return match decode_body::<MetaResponse>(&frame.body)
+                        .map_err(|e| FsError::Protocol(format!("meta answer: {e}")))?
+                    {
+                        MetaResponse::Error(kind) => Err(FsError::from_kind(kind)),
+                        response => Ok(response),
+                    };
+                }
+                Err(error) => last_error = error,
+            }
+        }
+        Err(last_error)
+    }
+}
+
+/// How long a client waits for one shard before reading parity instead.
+pub const SHARD_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A client of one storage node.
+#[derive(Debug)]
+pub struct NodeClient {
+    rpc: RpcClient,
+}
+
+impl NodeClient {
+    pub fn new(addr: impl Into<String>, transport: Transport) -> Self {
+        NodeClient {
+            rpc: RpcClient::new(addr, transport).with_call_timeout(SHARD_CALL_TIMEOUT),
+        }
+    }
+
+    pub fn addr(&self) -> &str {
+        self.rpc.addr()
+    }
+
+    async fn call(&self, request: &NodeRequest, data: &[u8]) -> FsResult<(NodeResponse, Bytes)> {
+        let frame = self.rpc.call(&encode_body(request), data).await?;
+        match decode_body::<NodeResponse>(&frame.body).map_err(|e| FsError::Protocol(format!("node answer: {e}")))? {
+            NodeResponse::Error(kind) => Err(FsError::from_kind(kind)),
+            response => Ok((response, frame.data)),
+        }
+    }
+
+    pub async fn put_shard(&self, key: ShardKey, payload: &[u8]) -> FsResult<()> {
+        let hash = *blake3::hash(payload).as_bytes();
+        let request = NodeRequest::PutShard {
+            piece_id: key.piece_id,
+            shard_index: key.shard_index,
+            hash,
+        };
+        match self.call(&request, payload).await? {
+            (NodeResponse::Ok, _) => Ok(()),
+            _ => Err(FsError::Protocol("unexpected answer to PutShard".into())),
+        }
+    }
+
+    pub async fn get_shard(&self, key: ShardKey) -> FsResult<Bytes> {
+        let request = NodeRequest::GetShard {
+            piece_id: key.piece_id,
+            shard_index: key.shard_index,
+        };
+        match self.call(&request, &[]).await? {
+            (NodeResponse::Shard, data) => Ok(data),
+            _ => Err(FsError::Protocol("unexpected answer to GetShard".into())),
+        }
+    }
+
+    pub async fn delete_shard(&self, key: ShardKey) -> FsResult<()> {
+        let request = NodeRequest::DeleteShard {
+            piece_id: key.piece_id,
+            shard_index: key.shard_index,
+        };
+        match self.call(&request, &[]).await? {
+            (NodeResponse::Ok, _) => Ok(()),
+            _ => Err(FsError::Protocol("unexpected answer to DeleteShard".into())),
+        }
+    }
+}

@@ -1,0 +1,1302 @@
+//! The client volume API: what FUSE and NFS adapters call.
+//!
+//! Metadata operations are synchronous RPCs to meta. File data is buffered per
+//! open file in *spans* (one contiguous dirty range per chunk); a span is
+//! sealed, erasure-coded and written to k+m nodes on distinct hosts in the
+//! background when it fills its chunk, when the file's dirty bytes pass a
+//! bound, or at `flush`/`fsync`, which return only after every span is
+//! committed to meta. Commits of one chunk happen in the order the spans were
+//! cut, so later writes always lie over earlier ones.
+//!
+//! Reads resolve a chunk's extents (fetching k shards, data shards first,
+//! parity in place of any that is missing, slow or corrupt), then lay the
+//! file's uncommitted spans over them. Consistency between clients is
+//! close-to-open: opening a file drops this client's cached chunk records.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use sohofs_format::messages::{ChunkOp, ChunkWrite, MetaRequest, MetaResponse, NewInode, NodeStatus};
+use sohofs_format::{ChunkRecord, Extent, NodeId, Piece, PieceBody, ShardLoc, VolumeRecord};
+use tokio::sync::{Mutex, Semaphore};
+use tokio::task::JoinHandle;
+
+pub use sohofs_format::messages::{DirEntry, SetAttr, StatFs, TimeSet, VolumeStatus};
+pub use sohofs_format::{FileKind, Ino, Inode as Attr, TimeNs, ROOT_INO};
+
+use crate::codec::{self, DataKey, PiecePlace};
+use crate::error::{FsError, FsResult};
+use crate::meta::now_ns;
+use crate::peers::{MetaClient, NodeClient};
+use crate::placement::{choose_nodes, NodeView};
+use crate::rpc::Transport;
+use crate::shard_store::ShardKey;
+
+/// Dirty bytes one open file may buffer before it flushes.
+pub const FILE_DIRTY_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Spans of all files being written to nodes at once.
+pub const SPANS_IN_FLIGHT_MAX: usize = 6;
+/// Decoded chunks kept for reads.
+pub const CHUNK_CACHE_ENTRIES_MAX: usize = 32;
+/// Chunks read ahead of a sequential reader.
+pub const READAHEAD_CHUNKS: u64 = 2;
+/// A chunk with this many extents is folded into one on its next write.
+pub const EXTENTS_PER_CHUNK_MAX: usize = 16;
+/// How often the client refreshes its view of the nodes.
+pub const NODE_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+/// Chunk records fetched per meta call when a file is read.
+const CHUNK_RECORDS_PER_CALL: u32 = 64;
+
+/// How a client reaches its cluster and opens its data.
+#[derive(Debug, Clone)]
+pub struct VolumeConfig {
+    pub meta_addrs: Vec<String>,
+    pub data_key: DataKey,
+}
+
+/// A contiguous dirty range of one chunk, not yet committed.
+#[derive(Debug)]
+struct Span {
+    index: u64,
+    offset: u32,
+    data: Vec<u8>,
+}
+
+impl Span {
+    fn end(&self) -> u32 {
+        self.offset + self.data.len() as u32
+    }
+}
+
+/// A span on its way to the nodes and meta.
+struct Pending {
+    span: Arc<Span>,
+    seq: u64,
+}
+
+/// What writers of a file change; held across awaits by write, flush and
+/// setattr so that they exclude each other.
+#[derive(Default)]
+struct FileState {
+    /// The size this client sees, including uncommitted writes.
+    size: u64,
+    /// Whether `size` has been loaded from meta.
+    size_known: bool,
+    mtime: Option<TimeNs>,
+    spans: BTreeMap<u64, Span>,
+    dirty_bytes: usize,
+    /// The last flush task of each chunk; the next one waits for it.
+    last_flush: HashMap<u64, JoinHandle<()>>,
+    next_seq: u64,
+}
+
+/// What flush tasks and readers share; never held across an await.
+#[derive(Default)]
+struct Book {
+    /// Spans in flight, per chunk, in commit order.
+    pending: BTreeMap<u64, Vec<Pending>>,
+    /// Chunk records as last read from meta or committed by this client.
+    records: HashMap<u64, ChunkRecord>,
+}
+
+struct OpenFile {
+    state: Mutex<FileState>,
+    book: StdMutex<Book>,
+    handles: std::sync::atomic::AtomicU32,
+    /// The first error of a background flush, reported at the next fsync.
+    error: StdMutex<Option<FsError>>,
+}
+
+impl OpenFile {
+    fn new() -> Arc<Self> {
+        Arc::new(OpenFile {
+            state: Mutex::new(FileState::default()),
+            book: StdMutex::new(Book::default()),
+            handles: std::sync::atomic::AtomicU32::new(0),
+            error: StdMutex::new(None),
+        })
+    }
+
+    fn book(&self) -> std::sync::MutexGuard<'_, Book> {
+        self.book.lock().expect("file book lock")
+    }
+
+    fn take_error(&self) -> Option<FsError> {
+        self.error.lock().expect("file error lock").take()
+    }
+
+    fn record_error(&self, error: FsError) {
+        let mut slot = self.error.lock().expect("file error lock");
+        if slot.is_none() {
+            *slot = Some(error);
+        }
+    }
+}
+
+#[derive(Clone)]
+struct NodeEntry {
+    status: NodeStatus,
+    client: Arc<NodeClient>,
+}
+
+type ChunkKey = (Ino, u64);
+
+/// A cached, decoded chunk and the record it was decoded from.
+struct CachedChunk {
+    record: ChunkRecord,
+    plain: Arc<Vec<u8>>,
+}
+
+struct Inner {
+    meta: MetaClient,
+    volume: VolumeRecord,
+    key: DataKey,
+    session: u64,
+    transport: Transport,
+    nodes: StdMutex<HashMap<NodeId, NodeEntry>>,
+    files: StdMutex<HashMap<Ino, Arc<OpenFile>>>,
+    cache: StdMutex<lru::LruCache<ChunkKey, Arc<CachedChunk>>>,
+    /// One lock per chunk being decoded, so that a reader and the read-ahead
+    /// never fetch the same chunk twice.
+    loads: StdMutex<HashMap<ChunkKey, Arc<Mutex<()>>>>,
+    flush_slots: Arc<Semaphore>,
+}
+
+/// A mounted view of the volume. Cheap to clone; all clones share state.
+#[derive(Clone)]
+pub struct Volume {
+    inner: Arc<Inner>,
+}
+
+fn expect_inode(response: MetaResponse) -> FsResult<Attr> {
+    match response {
+        MetaResponse::Inode(inode) => Ok(inode),
+        _ => Err(FsError::Protocol(
+            "meta answered with something other than an inode".into(),
+        )),
+    }
+}
+
+fn expect_ok(response: MetaResponse) -> FsResult<()> {
+    match response {
+        MetaResponse::Ok => Ok(()),
+        _ => Err(FsError::Protocol("meta answered with something other than Ok".into())),
+    }
+}
+
+impl Volume {
+    /// Connects to meta, learns the volume and the nodes, and starts the
+    /// background refresh of the node view.
+    pub async fn connect(config: VolumeConfig) -> FsResult<Volume> {
+        let transport = Transport::default();
+        let meta = MetaClient::new(&config.meta_addrs, transport.clone());
+        let volume = match meta.call(&MetaRequest::Volume).await? {
+            MetaResponse::Volume(volume) => volume,
+            _ => return Err(FsError::Protocol("meta answered Volume with something else".into())),
+        };
+        let inner = Arc::new(Inner {
+            meta,
+            volume,
+            key: config.data_key,
+            session: rand::random(),
+            transport,
+            nodes: StdMutex::new(HashMap::new()),
+            files: StdMutex::new(HashMap::new()),
+            cache: StdMutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(CHUNK_CACHE_ENTRIES_MAX).expect("non-zero cache size"),
+            )),
+            loads: StdMutex::new(HashMap::new()),
+            flush_slots: Arc::new(Semaphore::new(SPANS_IN_FLIGHT_MAX)),
+        });
+        let volume = Volume { inner };
+        volume.refresh_nodes().await?;
+        let weak = Arc::downgrade(&volume.inner);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(NODE_REFRESH_INTERVAL).await;
+                let Some(inner) = weak.upgrade() else { break };
+                if let Err(error) = (Volume { inner }).refresh_nodes().await {
+                    tracing::debug!(%error, "node refresh failed");
+                }
+            }
+        });
+        Ok(volume)
+    }
+
+    pub fn record(&self) -> &VolumeRecord {
+        &self.inner.volume
+    }
+
+    async fn refresh_nodes(&self) -> FsResult<()> {
+        let statuses = self.nodes().await?;
+        let mut nodes = self.inner.nodes.lock().expect("node table lock");
+        for status in statuses {
+            let id = status.record.id;
+            let client = match nodes.get(&id) {
+                Some(entry) if entry.client.addr() == status.record.addr => entry.client.clone(),
+                _ => Arc::new(NodeClient::new(
+                    status.record.addr.clone(),
+                    self.inner.transport.clone(),
+                )),
+            };
+            nodes.insert(id, NodeEntry { status, client });
+        }
+        Ok(())
+    }
+
+    fn node_client(&self, id: NodeId) -> Option<(Arc<NodeClient>, bool)> {
+        let nodes = self.inner.nodes.lock().expect("node table lock");
+        nodes.get(&id).map(|e| (e.client.clone(), e.status.up))
+    }
+
+    fn mark_down(&self, id: NodeId) {
+        if let Some(entry) = self.inner.nodes.lock().expect("node table lock").get_mut(&id) {
+            entry.status.up = false;
+        }
+    }
+
+    async fn meta(&self, request: MetaRequest) -> FsResult<MetaResponse> {
+        self.inner.meta.call(&request).await
+    }
+
+    // ----- namespace -----
+
+    pub async fn lookup(&self, parent: Ino, name: &[u8]) -> FsResult<Attr> {
+        let attr = expect_inode(
+            self.meta(MetaRequest::Lookup {
+                parent,
+                name: name.to_vec(),
+            })
+            .await?,
+        )?;
+        Ok(self.with_local_view(attr).await)
+    }
+
+    pub async fn getattr(&self, ino: Ino) -> FsResult<Attr> {
+        let attr = expect_inode(self.meta(MetaRequest::GetAttr { ino }).await?)?;
+        Ok(self.with_local_view(attr).await)
+    }
+
+    /// Lays this client's uncommitted size and mtime over meta's attributes.
+    async fn with_local_view(&self, mut attr: Attr) -> Attr {
+        if let Some(file) = self.open_file(attr.ino) {
+            let state = file.state.lock().await;
+            if state.size_known {
+                attr.size = state.size;
+            }
+            if let Some(mtime) = state.mtime {
+                attr.mtime = attr.mtime.max(mtime);
+            }
+        }
+        attr
+    }
+
+    pub async fn setattr(&self, ino: Ino, attr: SetAttr) -> FsResult<Attr> {
+        let file = self.open_file(ino);
+        let mut state_guard = None;
+        if attr.size.is_some() || attr.mtime.is_some() {
+            // Data written before the truncate or utimes must land first, and no
+            // write may slip in between.
+            if let Some(file) = &file {
+                let mut state = file.state.lock().await;
+                self.flush_locked(ino, file, &mut state).await?;
+                state_guard = Some(state);
+            }
+        }
+        let new_size = attr.size;
+        let result = expect_inode(self.meta(MetaRequest::SetAttr { ino, attr }).await?)?;
+        if let Some(size) = new_size {
+            if let Some(state) = state_guard.as_mut() {
+                state.size = size;
+                state.size_known = true;
+                state.mtime = None;
+            }
+            if let Some(file) = &file {
+                file.book().records.clear();
+            }
+            self.drop_cached(ino);
+        }
+        Ok(result)
+    }
+
+    async fn create_inode(&self, parent: Ino, name: &[u8], inode: NewInode) -> FsResult<Attr> {
+        expect_inode(
+            self.meta(MetaRequest::Create {
+                parent,
+                name: name.to_vec(),
+                inode,
+            })
+            .await?,
+        )
+    }
+
+    pub async fn mkdir(&self, parent: Ino, name: &[u8], perm: u16, uid: u32, gid: u32) -> FsResult<Attr> {
+        self.mknod(parent, name, FileKind::Dir, perm, uid, gid, 0).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn mknod(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        kind: FileKind,
+        perm: u16,
+        uid: u32,
+        gid: u32,
+        rdev: u32,
+    ) -> FsResult<Attr> {
+        if kind == FileKind::Symlink {
+            return Err(FsError::Invalid("symlinks are made with symlink"));
+        }
+        self.create_inode(
+            parent,
+            name,
+            NewInode {
+                kind,
+                perm,
+                uid,
+                gid,
+                rdev,
+                symlink: Vec::new(),
+            },
+        )
+        .await
+    }
+
+    /// Creates a regular file and opens it.
+    pub async fn create(&self, parent: Ino, name: &[u8], perm: u16, uid: u32, gid: u32) -> FsResult<Attr> {
+        let attr = self.mknod(parent, name, FileKind::File, perm, uid, gid, 0).await?;
+        self.open(attr.ino).await?;
+        Ok(attr)
+    }
+
+    pub async fn symlink(&self, parent: Ino, name: &[u8], target: &[u8], uid: u32, gid: u32) -> FsResult<Attr> {
+        self.create_inode(
+            parent,
+            name,
+            NewInode {
+                kind: FileKind::Symlink,
+                perm: 0o777,
+                uid,
+                gid,
+                rdev: 0,
+                symlink: target.to_vec(),
+            },
+        )
+        .await
+    }
+
+    pub async fn readlink(&self, ino: Ino) -> FsResult<Vec<u8>> {
+        let attr = self.getattr(ino).await?;
+        if attr.kind != FileKind::Symlink {
+            return Err(FsError::Invalid("not a symlink"));
+        }
+        Ok(attr.symlink)
+    }
+
+    pub async fn link(&self, ino: Ino, parent: Ino, name: &[u8]) -> FsResult<Attr> {
+        let attr = expect_inode(
+            self.meta(MetaRequest::Link {
+                ino,
+                parent,
+                name: name.to_vec(),
+            })
+            .await?,
+        )?;
+        Ok(self.with_local_view(attr).await)
+    }
+
+    pub async fn unlink(&self, parent: Ino, name: &[u8]) -> FsResult<()> {
+        expect_ok(
+            self.meta(MetaRequest::Unlink {
+                parent,
+                name: name.to_vec(),
+            })
+            .await?,
+        )
+    }
+
+    pub async fn rmdir(&self, parent: Ino, name: &[u8]) -> FsResult<()> {
+        expect_ok(
+            self.meta(MetaRequest::Rmdir {
+                parent,
+                name: name.to_vec(),
+            })
+            .await?,
+        )
+    }
+
+    pub async fn rename(&self, parent: Ino, name: &[u8], new_parent: Ino, new_name: &[u8], flags: u32) -> FsResult<()> {
+        expect_ok(
+            self.meta(MetaRequest::Rename {
+                parent,
+                name: name.to_vec(),
+                new_parent,
+                new_name: new_name.to_vec(),
+                flags,
+            })
+            .await?,
+        )
+    }
+
+    /// Entries of `dir` after sequence number `after_seq`, in sequence order.
+    pub async fn readdir(&self, dir: Ino, after_seq: u64, limit: u32) -> FsResult<Vec<DirEntry>> {
+        match self.meta(MetaRequest::ReadDir { dir, after_seq, limit }).await? {
+            MetaResponse::Entries(entries) => Ok(entries),
+            _ => Err(FsError::Protocol("meta answered ReadDir with something else".into())),
+        }
+    }
+
+    pub async fn statfs(&self) -> FsResult<StatFs> {
+        match self.meta(MetaRequest::StatFs).await? {
+            MetaResponse::StatFs(stat) => Ok(stat),
+            _ => Err(FsError::Protocol("meta answered StatFs with something else".into())),
+        }
+    }
+
+    pub async fn get_xattr(&self, ino: Ino, name: &[u8]) -> FsResult<Vec<u8>> {
+        match self
+            .meta(MetaRequest::GetXattr {
+                ino,
+                name: name.to_vec(),
+            })
+            .await?
+        {
+            MetaResponse::Xattr(value) => Ok(value),
+            _ => Err(FsError::Protocol("meta answered GetXattr with something else".into())),
+        }
+    }
+
+    pub async fn set_xattr(&self, ino: Ino, name: &[u8], value: &[u8], flags: u32) -> FsResult<()> {
+        expect_ok(
+            self.meta(MetaRequest::SetXattr {
+                ino,
+                name: name.to_vec(),
+                value: value.to_vec(),
+                flags,
+            })
+            .await?,
+        )
+    }
+
+    pub async fn list_xattr(&self, ino: Ino) -> FsResult<Vec<Vec<u8>>> {
+        match self.meta(MetaRequest::ListXattr { ino }).await? {
+            MetaResponse::XattrNames(names) => Ok(names),
+            _ => Err(FsError::Protocol("meta answered ListXattr with something else".into())),
+        }
+    }
+
+    pub async fn remove_xattr(&self, ino: Ino, name: &[u8]) -> FsResult<()> {
+        expect_ok(
+            self.meta(MetaRequest::RemoveXattr {
+                ino,
+                name: name.to_vec(),
+            })
+            .await?,
+        )
+    }
+
+    pub async fn nodes(&self) -> FsResult<Vec<NodeStatus>> {
+        match self.meta(MetaRequest::Nodes).await? {
+            MetaResponse::Nodes(nodes) => Ok(nodes),
+            _ => Err(FsError::Protocol("meta answered Nodes with something else".into())),
+        }
+    }
+
+    pub async fn status(&self) -> FsResult<VolumeStatus> {
+        match self.meta(MetaRequest::Status).await? {
+            MetaResponse::Status(status) => Ok(status),
+            _ => Err(FsError::Protocol("meta answered Status with something else".into())),
+        }
+    }
+
+    // ----- open files -----
+
+    fn open_file(&self, ino: Ino) -> Option<Arc<OpenFile>> {
+        self.inner.files.lock().expect("open files lock").get(&ino).cloned()
+    }
+
+    /// Opens a file for I/O. The first open of a file on this client drops
+    /// what it cached of the file (close-to-open consistency).
+    pub async fn open(&self, ino: Ino) -> FsResult<()> {
+        expect_ok(
+            self.meta(MetaRequest::Open {
+                ino,
+                session: self.inner.session,
+            })
+            .await?,
+        )?;
+        let file = {
+            let mut files = self.inner.files.lock().expect("open files lock");
+            files.entry(ino).or_insert_with(OpenFile::new).clone()
+        };
+        if file.handles.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            let mut state = file.state.lock().await;
+            let mut book = file.book();
+            if state.spans.is_empty() && book.pending.is_empty() {
+                book.records.clear();
+                state.size_known = false;
+                drop(book);
+                drop(state);
+                self.drop_cached(ino);
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes one handle: flushes, and forgets the file after its last handle.
+    pub async fn release(&self, ino: Ino) -> FsResult<()> {
+        let flushed = self.flush(ino).await;
+        if let Some(file) = self.open_file(ino) {
+            if file.handles.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+                let mut files = self.inner.files.lock().expect("open files lock");
+                if file.handles.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                    files.remove(&ino);
+                }
+            }
+        }
+        let released = self
+            .meta(MetaRequest::Release {
+                ino,
+                session: self.inner.session,
+            })
+            .await
+            .and_then(expect_ok);
+        flushed.and(released)
+    }
+
+    /// Writes every buffered span of `ino` and waits until meta has them.
+    pub async fn flush(&self, ino: Ino) -> FsResult<()> {
+        let Some(file) = self.open_file(ino) else { return Ok(()) };
+        let mut state = file.state.lock().await;
+        self.flush_locked(ino, &file, &mut state).await
+    }
+
+    pub async fn fsync(&self, ino: Ino) -> FsResult<()> {
+        self.flush(ino).await
+    }
+
+    async fn flush_locked(&self, ino: Ino, file: &Arc<OpenFile>, state: &mut FileState) -> FsResult<()> {
+        let indexes: Vec<u64> = state.spans.keys().copied().collect();
+        for index in indexes {
+            self.start_flush(ino, file, state, index).await?;
+        }
+        let waits: Vec<JoinHandle<()>> = state.last_flush.drain().map(|(_, handle)| handle).collect();
+        for handle in waits {
+            let _ = handle.await;
+        }
+        match file.take_error() {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+
+    async fn ensure_size(&self, ino: Ino, state: &mut FileState) -> FsResult<()> {
+        if !state.size_known {
+            let attr = expect_inode(self.meta(MetaRequest::GetAttr { ino }).await?)?;
+            state.size = attr.size;
+            state.size_known = true;
+        }
+        Ok(())
+    }
+
+    /// Buffers `data` at `offset`; returns the bytes taken (all of them).
+    pub async fn write(&self, ino: Ino, offset: u64, data: &[u8]) -> FsResult<usize> {
+        let file = match self.open_file(ino) {
+            Some(file) => file,
+            None => return Err(FsError::Invalid("write to a file that is not open")),
+        };
+        offset
+            .checked_add(data.len() as u64)
+            .filter(|end| *end <= i64::MAX as u64)
+            .ok_or(FsError::TooBig)?;
+        if let Some(error) = file.take_error() {
+            return Err(error);
+        }
+        let chunk_bytes = self.inner.volume.chunk_bytes as u64;
+        let mut state = file.state.lock().await;
+        self.ensure_size(ino, &mut state).await?;
+        let mut written = 0usize;
+        while written < data.len() {
+            let position = offset + written as u64;
+            let index = position / chunk_bytes;
+            let in_chunk = (position % chunk_bytes) as u32;
+            let take = ((chunk_bytes - in_chunk as u64) as usize).min(data.len() - written);
+            let bytes = &data[written..written + take];
+            let mergeable = state
+                .spans
+                .get(&index)
+                .is_some_and(|span| in_chunk >= span.offset && in_chunk <= span.end());
+            if !mergeable && state.spans.contains_key(&index) {
+                self.start_flush(ino, &file, &mut state, index).await?;
+            }
+            let span = state.spans.entry(index).or_insert_with(|| Span {
+                index,
+                offset: in_chunk,
+                data: Vec::new(),
+            });
+            let at = (in_chunk - span.offset) as usize;
+            let before = span.data.len();
+            if at + take > span.data.len() {
+                span.data.resize(at + take, 0);
+            }
+            span.data[at..at + take].copy_from_slice(bytes);
+            let grown = span.data.len() - before;
+            let full = span.offset == 0 && span.data.len() as u64 == chunk_bytes;
+            state.dirty_bytes += grown;
+            written += take;
+            state.size = state.size.max(position + take as u64);
+            if full {
+                self.start_flush(ino, &file, &mut state, index).await?;
+            }
+        }
+        state.mtime = Some(now_ns());
+        if state.dirty_bytes > FILE_DIRTY_BYTES_MAX {
+            let indexes: Vec<u64> = state.spans.keys().copied().collect();
+            for index in indexes {
+                self.start_flush(ino, &file, &mut state, index).await?;
+            }
+        }
+        Ok(written)
+    }
+
+    /// Hands the span of chunk `index` to a background flush task.
+    async fn start_flush(&self, ino: Ino, file: &Arc<OpenFile>, state: &mut FileState, index: u64) -> FsResult<()> {
+        let Some(span) = state.spans.remove(&index) else {
+            return Ok(());
+        };
+        state.dirty_bytes -= span.data.len();
+        let span = Arc::new(span);
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        file.book().pending.entry(index).or_default().push(Pending {
+            span: span.clone(),
+            seq,
+        });
+        // A chunk with many extents is folded: the span is widened to the
+        // whole chunk's current content so that it replaces them all.
+        let fold = self.chunk_record(ino, file, index).await?.extents.len() >= EXTENTS_PER_CHUNK_MAX;
+        let previous = state.last_flush.remove(&index);
+        let permit = self
+            .inner
+            .flush_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| FsError::Unavailable("volume is shutting down".into()))?;
+        let volume = self.clone();
+        let file_for_task = file.clone();
+        let size_at_least = index * self.inner.volume.chunk_bytes as u64 + span.end() as u64;
+        let mtime = state.mtime.unwrap_or_else(now_ns);
+        let handle = tokio::spawn(async move {
+            let _permit = permit;
+            let result = volume
+                .flush_span(ino, &file_for_task, span, previous, fold, size_at_least, mtime)
+                .await;
+            let mut book = file_for_task.book();
+            if let Some(list) = book.pending.get_mut(&index) {
+                list.retain(|p| p.seq != seq);
+                if list.is_empty() {
+                    book.pending.remove(&index);
+                }
+            }
+            match result {
+                Ok(record) => {
+                    book.records.insert(index, record);
+                }
+                Err(error) => {
+                    tracing::error!(ino, index, %error, "writing a chunk failed");
+                    book.records.remove(&index);
+                    file_for_task.record_error(error);
+                }
+            }
+            drop(book);
+            volume.drop_cached_chunk(ino, index);
+        });
+        state.last_flush.insert(index, handle);
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn flush_span(
+        &self,
+        ino: Ino,
+        file: &Arc<OpenFile>,
+        span: Arc<Span>,
+        mut previous: Option<JoinHandle<()>>,
+        fold: bool,
+        size_at_least: u64,
+        mtime: TimeNs,
+    ) -> FsResult<ChunkRecord> {
+        let index = span.index;
+        let (offset, plain) = if fold {
+            if let Some(previous) = previous.take() {
+                let _ = previous.await;
+            }
+            let mut whole = self.committed_chunk(ino, file, index).await?.as_ref().clone();
+            if whole.len() < span.end() as usize {
+                whole.resize(span.end() as usize, 0);
+            }
+            whole[span.offset as usize..span.end() as usize].copy_from_slice(&span.data);
+            (0u32, whole)
+        } else {
+            (span.offset, span.data.clone())
+        };
+        let piece = self.store_piece(ino, index, offset, plain).await?;
+        let extent = Extent {
+            offset,
+            len: piece.plain_len,
+            piece,
+        };
+        let op = if offset == 0 && (fold || extent.len == self.inner.volume.chunk_bytes) {
+            ChunkOp::Replace(extent)
+        } else {
+            ChunkOp::Overlay(extent)
+        };
+        if let Some(previous) = previous {
+            let _ = previous.await;
+        }
+        if let Some(error) = file.take_error() {
+            // An earlier span of this file failed; committing this one over a
+            // hole would hide that. Keep the first error and stop here.
+            file.record_error(error.clone());
+            return Err(error);
+        }
+        self.meta(MetaRequest::CommitWrite {
+            ino,
+            writes: vec![ChunkWrite { index, op }],
+            size_at_least,
+            mtime,
+        })
+        .await?;
+        let records = match self
+            .meta(MetaRequest::ReadChunks {
+                ino,
+                first_index: index,
+                count: 1,
+            })
+            .await?
+        {
+            MetaResponse::Chunks(records) => records,
+            _ => return Err(FsError::Protocol("meta answered ReadChunks with something else".into())),
+        };
+        Ok(records
+            .into_iter()
+            .find(|(i, _)| *i == index)
+            .map(|(_, r)| r)
+            .unwrap_or_default())
+    }
+
+    /// Seals `plain` for its place and stores it: inline in the record when
+    /// tiny, else as a stripe on k+m nodes of distinct hosts.
+    async fn store_piece(&self, ino: Ino, index: u64, base: u32, plain: Vec<u8>) -> FsResult<Piece> {
+        let volume = &self.inner.volume;
+        let piece_id: u128 = rand::random();
+        let place = PiecePlace {
+            volume_id: volume.volume_id,
+            ino,
+            chunk_index: index,
+            base,
+            piece_id,
+            key_id: 0,
+            key_epoch: 0,
+        };
+        let plain_len = plain.len() as u32;
+        let inline = index == 0 && base == 0 && plain.len() <= volume.inline_bytes_max as usize;
+        let (k, m) = (volume.data_shards as usize, volume.parity_shards as usize);
+        let key = self.inner.key.clone();
+        /// What the blocking pool hands back: sealed bytes to keep inline, or
+        /// their stripe.
+        enum Encoded {
+            Inline(Vec<u8>),
+            Striped { sealed_len: usize, shards: Vec<Vec<u8>> },
+        }
+        let encoded = tokio::task::spawn_blocking(move || -> FsResult<Encoded> {
+            let sealed = codec::seal(&key, &place, &plain);
+            if inline {
+                return Ok(Encoded::Inline(sealed));
+            }
+            let shards = codec::encode_stripe(&sealed, k, m)?;
+            Ok(Encoded::Striped {
+                sealed_len: sealed.len(),
+                shards,
+            })
+        })
+        .await
+        .map_err(|e| FsError::Io(format!("encode task failed: {e}")))??;
+        let body = match encoded {
+            Encoded::Inline(sealed) => PieceBody::Inline { sealed },
+            Encoded::Striped { sealed_len, shards } => PieceBody::Striped {
+                sealed_len: sealed_len as u32,
+                data_shards: k as u8,
+                parity_shards: m as u8,
+                shards: self.put_stripe(piece_id, shards).await?,
+            },
+        };
+        Ok(Piece {
+            id: piece_id,
+            base,
+            plain_len,
+            key_id: 0,
+            key_epoch: 0,
+            body,
+        })
+    }
+
+    fn node_views(&self) -> Vec<NodeView> {
+        let nodes = self.inner.nodes.lock().expect("node table lock");
+        nodes
+            .values()
+            .map(|e| NodeView {
+                id: e.status.record.id,
+                host: e.status.record.host.clone(),
+                free_bytes: e.status.record.free_bytes,
+                up: e.status.up,
+            })
+            .collect()
+    }
+
+    /// Writes the shards of one stripe in parallel, each to a node on its own
+    /// host; a failed shard is retried once on a spare host. Succeeds when at
+    /// least the write quorum is durable; unplaced shards have no node.
+    async fn put_stripe(&self, piece_id: u128, shards: Vec<Vec<u8>>) -> FsResult<Vec<ShardLoc>> {
+        let width = shards.len();
+        let quorum = (self.inner.volume.write_quorum as usize).clamp(self.inner.volume.data_shards as usize, width);
+        let views = self.node_views();
+        let host_of: HashMap<NodeId, String> = views.iter().map(|v| (v.id, v.host.clone())).collect();
+        let chosen = choose_nodes(&views, width, &HashSet::new(), &HashSet::new(), rand::random());
+        if chosen.len() < quorum {
+            let up_hosts: HashSet<&str> = views.iter().filter(|v| v.up).map(|v| v.host.as_str()).collect();
+            let reason = format!(
+                "only {} hosts can take a stripe ({} up); the write quorum is {quorum}",
+                chosen.len(),
+                up_hosts.len()
+            );
+            tracing::error!("{reason}");
+            return Err(FsError::Unavailable(reason));
+        }
+        let hashes: Vec<[u8; 32]> = shards.iter().map(|s| *blake3::hash(s).as_bytes()).collect();
+        let shards: Vec<Arc<Vec<u8>>> = shards.into_iter().map(Arc::new).collect();
+        let mut placed: Vec<Option<NodeId>> = vec![None; width];
+        let mut tried_nodes: HashSet<NodeId> = chosen.iter().copied().collect();
+        let mut attempts = FuturesUnordered::new();
+        for (index, node) in chosen.iter().enumerate() {
+            attempts.push(self.put_one(*node, piece_id, index as u8, shards[index].clone()));
+        }
+        // Shards whose first node has no host (fewer hosts than width) wait
+        // for a spare like failed ones.
+        let mut failed: Vec<usize> = (chosen.len()..width).collect();
+        while let Some((index, node, result)) = attempts.next().await {
+            match result {
+                Ok(()) => placed[index as usize] = Some(node),
+                Err(error) => {
+                    tracing::warn!(node, %error, "shard write failed");
+                    if error.is_transient() {
+                        self.mark_down(node);
+                    }
+                    failed.push(index as usize);
+                }
+            }
+            if attempts.is_empty() && !failed.is_empty() {
+                let used_hosts: HashSet<String> = placed
+                    .iter()
+                    .flatten()
+                    .filter_map(|n| host_of.get(n).cloned())
+                    .collect();
+                let spares = choose_nodes(
+                    &self.node_views(),
+                    failed.len(),
+                    &tried_nodes,
+                    &used_hosts,
+                    rand::random(),
+                );
+                for (spare, index) in spares.into_iter().zip(std::mem::take(&mut failed)) {
+                    tried_nodes.insert(spare);
+                    attempts.push(self.put_one(spare, piece_id, index as u8, shards[index].clone()));
+                }
+            }
+        }
+        let durable = placed.iter().filter(|p| p.is_some()).count();
+        if durable < quorum {
+            return Err(FsError::Io(format!(
+                "only {durable} of {width} shards could be written; the write quorum is {quorum}"
+            )));
+        }
+        Ok(placed
+            .into_iter()
+            .zip(hashes)
+            .map(|(node, hash)| ShardLoc { node, hash })
+            .collect())
+    }
+
+    fn put_one(
+        &self,
+        node: NodeId,
+        piece_id: u128,
+        shard_index: u8,
+        payload: Arc<Vec<u8>>,
+    ) -> impl std::future::Future<Output = (u8, NodeId, FsResult<()>)> + Send + 'static {
+        let client = self.node_client(node).map(|(c, _)| c);
+        async move {
+            let result = match client {
+                Some(client) => client.put_shard(ShardKey { piece_id, shard_index }, &payload).await,
+                None => Err(FsError::Unavailable(format!("node {node} is unknown"))),
+            };
+            (shard_index, node, result)
+        }
+    }
+
+    // ----- reads -----
+
+    /// Reads up to `size` bytes at `offset`; short at the end of the file.
+    pub async fn read(&self, ino: Ino, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let file = match self.open_file(ino) {
+            Some(file) => file,
+            None => {
+                // Reads without an open (NFS) see meta's committed view.
+                let file = OpenFile::new();
+                return self.read_with(ino, &file, offset, size).await;
+            }
+        };
+        self.read_with(ino, &file, offset, size).await
+    }
+
+    async fn read_with(&self, ino: Ino, file: &Arc<OpenFile>, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let chunk_bytes = self.inner.volume.chunk_bytes as u64;
+        let file_size = {
+            let mut state = file.state.lock().await;
+            self.ensure_size(ino, &mut state).await?;
+            state.size
+        };
+        let end = offset.saturating_add(size as u64).min(file_size);
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let (first_index, last_index) = (offset / chunk_bytes, (end - 1) / chunk_bytes);
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        for index in first_index..=last_index {
+            let chunk = self.chunk_view(ino, file, index).await?;
+            let chunk_start = index * chunk_bytes;
+            let from = (offset.max(chunk_start) - chunk_start) as usize;
+            let to = (end.min(chunk_start + chunk_bytes) - chunk_start) as usize;
+            let start_len = out.len();
+            let available = chunk.len().min(to);
+            if from < available {
+                out.extend_from_slice(&chunk[from..available]);
+            }
+            // Bytes past what any extent holds are a hole: zeros.
+            out.resize(start_len + (to - from), 0);
+        }
+        for ahead in 1..=READAHEAD_CHUNKS {
+            let index = last_index + ahead;
+            if index * chunk_bytes >= file_size {
+                break;
+            }
+            self.prefetch(ino, file, index);
+        }
+        Ok(out)
+    }
+
+    /// A chunk as this client sees it: committed data with uncommitted spans
+    /// laid over it.
+    async fn chunk_view(&self, ino: Ino, file: &Arc<OpenFile>, index: u64) -> FsResult<Arc<Vec<u8>>> {
+        let committed = self.committed_chunk(ino, file, index).await?;
+        let in_flight: Vec<Arc<Span>> = file
+            .book()
+            .pending
+            .get(&index)
+            .map(|list| list.iter().map(|p| p.span.clone()).collect())
+            .unwrap_or_default();
+        let state = file.state.lock().await;
+        let dirty = state.spans.get(&index);
+        if in_flight.is_empty() && dirty.is_none() {
+            return Ok(committed);
+        }
+        let mut view = committed.as_ref().clone();
+        let mut lay = |offset: u32, data: &[u8]| {
+            let end = offset as usize + data.len();
+            if view.len() < end {
+                view.resize(end, 0);
+            }
+            view[offset as usize..end].copy_from_slice(data);
+        };
+        for span in &in_flight {
+            lay(span.offset, &span.data);
+        }
+        if let Some(span) = dirty {
+            lay(span.offset, &span.data);
+        }
+        Ok(Arc::new(view))
+    }
+
+    /// The record of chunk `index`, from the file's book or from meta, which
+    /// is asked for a window of records at once.
+    async fn chunk_record(&self, ino: Ino, file: &Arc<OpenFile>, index: u64) -> FsResult<ChunkRecord> {
+        if let Some(record) = file.book().records.get(&index) {
+            return Ok(record.clone());
+        }
+        let records = match self
+            .meta(MetaRequest::ReadChunks {
+                ino,
+                first_index: index,
+                count: CHUNK_RECORDS_PER_CALL,
+            })
+            .await?
+        {
+            MetaResponse::Chunks(records) => records,
+            _ => return Err(FsError::Protocol("meta answered ReadChunks with something else".into())),
+        };
+        let mut found: HashMap<u64, ChunkRecord> = records.into_iter().collect();
+        let mut book = file.book();
+        let in_flight: HashSet<u64> = book.pending.keys().copied().collect();
+        // Everything in the window that meta did not return is a hole; chunks
+        // with spans in flight keep what their flush task will set.
+        for i in index..index + CHUNK_RECORDS_PER_CALL as u64 {
+            if in_flight.contains(&i) && i != index {
+                continue;
+            }
+            let record = found.remove(&i).unwrap_or_default();
+            book.records.entry(i).or_insert(record);
+        }
+        Ok(book.records.get(&index).cloned().unwrap_or_default())
+    }
+
+    async fn committed_chunk(&self, ino: Ino, file: &Arc<OpenFile>, index: u64) -> FsResult<Arc<Vec<u8>>> {
+        let record = self.chunk_record(ino, file, index).await?;
+        if record.extents.is_empty() {
+            return Ok(Arc::new(Vec::new()));
+        }
+        if let Some(plain) = self.cached(ino, index, &record) {
+            return Ok(plain);
+        }
+        let load_lock = self
+            .inner
+            .loads
+            .lock()
+            .expect("chunk loads lock")
+            .entry((ino, index))
+            .or_default()
+            .clone();
+        let guard = load_lock.lock().await;
+        let result = match self.cached(ino, index, &record) {
+            Some(plain) => Ok(plain),
+            None => self.decode_chunk(ino, index, &record).await.map(|plain| {
+                let plain = Arc::new(plain);
+                self.inner.cache.lock().expect("chunk cache lock").put(
+                    (ino, index),
+                    Arc::new(CachedChunk {
+                        record,
+                        plain: plain.clone(),
+                    }),
+                );
+                plain
+            }),
+        };
+        drop(guard);
+        let mut loads = self.inner.loads.lock().expect("chunk loads lock");
+        // Ours and the map's: no other reader waits on this chunk.
+        if Arc::strong_count(&load_lock) == 2 {
+            loads.remove(&(ino, index));
+        }
+        result
+    }
+
+    fn cached(&self, ino: Ino, index: u64, record: &ChunkRecord) -> Option<Arc<Vec<u8>>> {
+        let mut cache = self.inner.cache.lock().expect("chunk cache lock");
+        cache
+            .get(&(ino, index))
+            .filter(|cached| cached.record == *record)
+            .map(|cached| cached.plain.clone())
+    }
+
+    fn prefetch(&self, ino: Ino, file: &Arc<OpenFile>, index: u64) {
+        if self
+            .inner
+            .cache
+            .lock()
+            .expect("chunk cache lock")
+            .contains(&(ino, index))
+            || self
+                .inner
+                .loads
+                .lock()
+                .expect("chunk loads lock")
+                .contains_key(&(ino, index))
+        {
+            return;
+        }
+        let volume = self.clone();
+        let file = file.clone();
+        tokio::spawn(async move {
+            if let Err(error) = volume.committed_chunk(ino, &file, index).await {
+                tracing::debug!(ino, index, %error, "read-ahead failed");
+            }
+        });
+    }
+
+    fn drop_cached(&self, ino: Ino) {
+        let mut cache = self.inner.cache.lock().expect("chunk cache lock");
+        let keys: Vec<ChunkKey> = cache.iter().filter(|((i, _), _)| *i == ino).map(|(k, _)| *k).collect();
+        for key in keys {
+            cache.pop(&key);
+        }
+    }
+
+    fn drop_cached_chunk(&self, ino: Ino, index: u64) {
+        self.inner.cache.lock().expect("chunk cache lock").pop(&(ino, index));
+    }
+
+    /// Resolves a chunk record's extents into its plaintext.
+    async fn decode_chunk(&self, ino: Ino, index: u64, record: &ChunkRecord) -> FsResult<Vec<u8>> {
+        let end = record.extents.iter().map(|e| e.offset + e.len).max().unwrap_or(0) as usize;
+        let mut plain = vec![0u8; end];
+        let pieces = record
+            .extents
+            .iter()
+            .map(|extent| self.open_piece(ino, index, &extent.piece));
+        let opened = futures::future::join_all(pieces).await;
+        for (extent, piece_plain) in record.extents.iter().zip(opened) {
+            let piece_plain = piece_plain?;
+            let from = (extent.offset - extent.piece.base) as usize;
+            let len = extent.len as usize;
+            let Some(source) = piece_plain.get(from..from + len) else {
+                return Err(FsError::Corrupt(format!(
+                    "extent of piece {:032x} reaches past its data",
+                    extent.piece.id
+                )));
+            };
+            plain[extent.offset as usize..extent.offset as usize + len].copy_from_slice(source);
+        }
+        Ok(plain)
+    }
+
+    async fn open_piece(&self, ino: Ino, index: u64, piece: &Piece) -> FsResult<Vec<u8>> {
+        let place = PiecePlace {
+            volume_id: self.inner.volume.volume_id,
+            ino,
+            chunk_index: index,
+            base: piece.base,
+            piece_id: piece.id,
+            key_id: piece.key_id,
+            key_epoch: piece.key_epoch,
+        };
+        let sealed = match &piece.body {
+            PieceBody::Inline { sealed } => sealed.clone(),
+            PieceBody::Striped {
+                sealed_len,
+                data_shards,
+                parity_shards,
+                shards,
+            } => {
+                self.fetch_stripe(
+                    piece.id,
+                    shards,
+                    *data_shards as usize,
+                    *parity_shards as usize,
+                    *sealed_len as usize,
+                )
+                .await?
+            }
+        };
+        let key = self.inner.key.clone();
+        let plain_len = piece.plain_len as usize;
+        let plain = tokio::task::spawn_blocking(move || codec::open(&key, &place, &sealed))
+            .await
+            .map_err(|e| FsError::Io(format!("decrypt task failed: {e}")))??;
+        if plain.len() != plain_len {
+            return Err(FsError::Corrupt("piece length differs from its record".into()));
+        }
+        Ok(plain)
+    }
+
+    /// Fetches k good shards of a stripe, data shards first, a parity shard
+    /// in place of each one that is missing, unreachable or corrupt.
+    async fn fetch_stripe(
+        &self,
+        piece_id: u128,
+        locations: &[ShardLoc],
+        k: usize,
+        m: usize,
+        sealed_len: usize,
+    ) -> FsResult<Vec<u8>> {
+        if locations.len() != k + m {
+            return Err(FsError::Corrupt("stripe record has the wrong number of shards".into()));
+        }
+        // Candidates: placed shards on nodes believed up, data first; then
+        // placed shards on nodes believed down, as a last resort.
+        let mut order: Vec<usize> = Vec::with_capacity(k + m);
+        let mut later: Vec<usize> = Vec::new();
+        for (index, location) in locations.iter().enumerate() {
+            match location.node.and_then(|n| self.node_client(n)) {
+                Some((_, true)) => order.push(index),
+                Some((_, false)) => later.push(index),
+                None => {}
+            }
+        }
+        order.extend(later);
+        let mut candidates = order.into_iter();
+        let mut shards: Vec<Option<Vec<u8>>> = vec![None; k + m];
+        let mut good = 0usize;
+        let mut requests = FuturesUnordered::new();
+        for index in candidates.by_ref().take(k) {
+            requests.push(self.get_one(piece_id, index, locations[index]));
+        }
+        while let Some((index, result)) = requests.next().await {
+            match result {
+                Ok(payload) => {
+                    shards[index] = Some(payload);
+                    good += 1;
+                    if good == k {
+                        break;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(piece = %format!("{piece_id:032x}"), index, %error, "shard unreadable; using parity");
+                    if let Some(next) = candidates.next() {
+                        requests.push(self.get_one(piece_id, next, locations[next]));
+                    }
+                }
+            }
+        }
+        drop(requests);
+        tokio::task::spawn_blocking(move || codec::decode_stripe(shards, k, m, sealed_len))
+            .await
+            .map_err(|e| FsError::Io(format!("decode task failed: {e}")))?
+    }
+
+    fn get_one(
+        &self,
+        piece_id: u128,
+        index: usize,
+        location: ShardLoc,
+    ) -> impl std::future::Future<Output = (usize, FsResult<Vec<u8>>)> + Send + 'static {
+        let client = location.node.and_then(|n| self.node_client(n)).map(|(c, _)| c);
+        let volume = self.clone();
+        async move {
+            let Some(client) = client else {
+                return (index, Err(FsError::Unavailable("shard has no node".into())));
+            };
+            let result = client
+                .get_shard(ShardKey {
+                    piece_id,
+                    shard_index: index as u8,
+                })
+                .await;
+            let result = match result {
+                Ok(bytes) if *blake3::hash(&bytes).as_bytes() == location.hash => Ok(bytes.to_vec()),
+                Ok(_) => Err(FsError::Corrupt("shard does not match the hash in its record".into())),
+                Err(error) => {
+                    if error.is_transient() {
+                        if let Some(node) = location.node {
+                            volume.mark_down(node);
+                        }
+                    }
+                    Err(error)
+                }
+            };
+            (index, result)
+        }
+    }
+}
