@@ -89,7 +89,9 @@ impl FrameHeader {
                 })
             }
         };
-        let le_u32 = |at: usize| u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]]);
+        let le_u32 = |at: usize| {
+            u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
+        };
         let mut id = [0u8; 8];
         id.copy_from_slice(&header[8..16]);
         let body_len = le_u32(16);

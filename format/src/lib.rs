@@ -49,7 +49,11 @@ pub enum DecodeError {
 }
 
 /// Encodes `value` as a record: 2-byte magic, 1-byte version, postcard body.
-pub(crate) fn encode_record<T: serde::Serialize>(magic: [u8; 2], version: u8, value: &T) -> Vec<u8> {
+pub(crate) fn encode_record<T: serde::Serialize>(
+    magic: [u8; 2],
+    version: u8,
+    value: &T,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(64);
     out.extend_from_slice(&magic);
     out.push(version);
@@ -85,10 +89,11 @@ pub(crate) fn decode_record<'a, T: serde::Deserialize<'a>>(
             supported: version as u16,
         });
     }
-    let (value, rest) = postcard::take_from_bytes(&bytes[3..]).map_err(|e| DecodeError::Malformed {
-        what,
-        reason: e.to_string(),
-    })?;
+    let (value, rest) =
+        postcard::take_from_bytes(&bytes[3..]).map_err(|e| DecodeError::Malformed {
+            what,
+            reason: e.to_string(),
+        })?;
     if !rest.is_empty() {
         return Err(DecodeError::Malformed {
             what,

@@ -109,25 +109,87 @@ pub struct VolumeStatus {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum MetaRequest {
     Volume,
-    Lookup { parent: Ino, name: Vec<u8> },
-    GetAttr { ino: Ino },
-    SetAttr { ino: Ino, attr: SetAttr },
-    Create { parent: Ino, name: Vec<u8>, inode: NewInode },
-    Link { ino: Ino, parent: Ino, name: Vec<u8> },
-    Unlink { parent: Ino, name: Vec<u8> },
-    Rmdir { parent: Ino, name: Vec<u8> },
-    Rename { parent: Ino, name: Vec<u8>, new_parent: Ino, new_name: Vec<u8>, flags: u32 },
-    ReadDir { dir: Ino, after_seq: u64, limit: u32 },
-    GetXattr { ino: Ino, name: Vec<u8> },
-    SetXattr { ino: Ino, name: Vec<u8>, value: Vec<u8>, flags: u32 },
-    ListXattr { ino: Ino },
-    RemoveXattr { ino: Ino, name: Vec<u8> },
+    Lookup {
+        parent: Ino,
+        name: Vec<u8>,
+    },
+    GetAttr {
+        ino: Ino,
+    },
+    SetAttr {
+        ino: Ino,
+        attr: SetAttr,
+    },
+    Create {
+        parent: Ino,
+        name: Vec<u8>,
+        inode: NewInode,
+    },
+    Link {
+        ino: Ino,
+        parent: Ino,
+        name: Vec<u8>,
+    },
+    Unlink {
+        parent: Ino,
+        name: Vec<u8>,
+    },
+    Rmdir {
+        parent: Ino,
+        name: Vec<u8>,
+    },
+    Rename {
+        parent: Ino,
+        name: Vec<u8>,
+        new_parent: Ino,
+        new_name: Vec<u8>,
+        flags: u32,
+    },
+    ReadDir {
+        dir: Ino,
+        after_seq: u64,
+        limit: u32,
+    },
+    GetXattr {
+        ino: Ino,
+        name: Vec<u8>,
+    },
+    SetXattr {
+        ino: Ino,
+        name: Vec<u8>,
+        value: Vec<u8>,
+        flags: u32,
+    },
+    ListXattr {
+        ino: Ino,
+    },
+    RemoveXattr {
+        ino: Ino,
+        name: Vec<u8>,
+    },
     StatFs,
-    ReadChunks { ino: Ino, first_index: u64, count: u32 },
-    CommitWrite { ino: Ino, writes: Vec<ChunkWrite>, size_at_least: u64, mtime: TimeNs },
-    Open { ino: Ino, session: u64 },
-    Release { ino: Ino, session: u64 },
-    Heartbeat { node: NodeRecord },
+    ReadChunks {
+        ino: Ino,
+        first_index: u64,
+        count: u32,
+    },
+    CommitWrite {
+        ino: Ino,
+        writes: Vec<ChunkWrite>,
+        size_at_least: u64,
+        mtime: TimeNs,
+    },
+    Open {
+        ino: Ino,
+        session: u64,
+    },
+    Release {
+        ino: Ino,
+        session: u64,
+    },
+    Heartbeat {
+        node: NodeRecord,
+    },
     Nodes,
     Status,
 }
@@ -150,9 +212,19 @@ pub enum MetaResponse {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum NodeRequest {
     /// Store the frame's data tail as this shard, durably, before answering.
-    PutShard { piece_id: u128, shard_index: u8, hash: [u8; 32] },
-    GetShard { piece_id: u128, shard_index: u8 },
-    DeleteShard { piece_id: u128, shard_index: u8 },
+    PutShard {
+        piece_id: u128,
+        shard_index: u8,
+        hash: [u8; 32],
+    },
+    GetShard {
+        piece_id: u128,
+        shard_index: u8,
+    },
+    DeleteShard {
+        piece_id: u128,
+        shard_index: u8,
+    },
     Stat,
 }
 
@@ -161,6 +233,11 @@ pub enum NodeResponse {
     Ok,
     /// The shard's bytes are in the data tail; they matched their hash on disk.
     Shard,
-    Stat { capacity_bytes: u64, free_bytes: u64, used_bytes: u64, shards: u64 },
+    Stat {
+        capacity_bytes: u64,
+        free_bytes: u64,
+        used_bytes: u64,
+        shards: u64,
+    },
     Error(ErrorKind),
 }

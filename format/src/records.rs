@@ -217,7 +217,13 @@ mod tests {
                         sealed_len: 50,
                         data_shards: 4,
                         parity_shards: 2,
-                        shards: vec![ShardLoc { node: Some(1), hash: [7; 32] }; 6],
+                        shards: vec![
+                            ShardLoc {
+                                node: Some(1),
+                                hash: [7; 32]
+                            };
+                            6
+                        ],
                     },
                 },
             }],
