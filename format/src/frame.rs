@@ -79,6 +79,12 @@ impl FrameHeader {
                 supported: FRAME_VERSION,
             });
         }
+        if header[7] != 0 {
+            return Err(DecodeError::Malformed {
+                what: "frame header",
+                reason: "reserved byte is not zero".into(),
+            });
+        }
         let kind = match header[6] {
             0 => FrameKind::Request,
             1 => FrameKind::Response,

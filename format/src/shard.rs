@@ -77,6 +77,12 @@ impl ShardHeader {
                 supported: SHARD_VERSION,
             });
         }
+        if header[6..8] != [0, 0] || header[25..28] != [0, 0, 0] {
+            return Err(DecodeError::Malformed {
+                what: "shard header",
+                reason: "reserved bytes are not zero".into(),
+            });
+        }
         let mut id = [0u8; 16];
         id.copy_from_slice(&header[8..24]);
         let payload_len = u32::from_le_bytes([header[28], header[29], header[30], header[31]]);
