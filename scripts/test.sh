@@ -59,7 +59,8 @@ run_step install-deps scripts/install-deps.sh
 run_step fmt cargo fmt --all --check
 run_step clippy cargo clippy --workspace --all-targets -- -D warnings
 run_step build cargo build -p sohofs-control --bin sohofs
-run_step test cargo test --workspace
+# --no-fail-fast: one failing test binary must not hide the others.
+run_step test cargo test --workspace --no-fail-fast
 if [[ -f scripts/fuzz.sh ]]; then
     run_step fuzz bash scripts/fuzz.sh "$FUZZ_SECONDS_PER_TARGET"
 else
