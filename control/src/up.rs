@@ -300,6 +300,9 @@ async fn run_cluster(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // The table the client loaded at connect time predates the nodes' first
+    // heartbeats (and, after a restart, their new addresses).
+    volume.refresh_nodes().await?;
     let session = crate::mount::mount_volume(volume, mountpoint)?;
     println!(
         "sohofs: {} nodes, {}+{} erasure coding; mounted at {}",

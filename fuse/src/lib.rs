@@ -28,6 +28,8 @@ pub const MAX_READAHEAD_BYTES: u32 = 1024 * 1024;
 /// Entries fetched from meta per readdir page.
 const READDIR_PAGE_ENTRIES: u32 = 512;
 const BLOCK_BYTES: u64 = 4096;
+/// `system.posix_acl_access` and `system.posix_acl_default`.
+const POSIX_ACL_PREFIX: &[u8] = b"system.posix_acl_";
 
 /// The errno for each kind of volume error. No `_` arm: a new kind must be
 /// mapped here before this crate builds.
@@ -426,6 +428,12 @@ impl Filesystem for SohoFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        if name.as_bytes().starts_with(POSIX_ACL_PREFIX) {
+            // Not supported: storing an ACL as a plain xattr would leave the mode
+            // bits unchanged, and tools such as `cp -a` rely on it to set them.
+            // With EOPNOTSUPP they fall back to chmod.
+            return reply.error(Errno::from_i32(libc::EOPNOTSUPP));
+        }
         let (name, value) = (name.as_bytes().to_vec(), value.to_vec());
         let flags = flags as u32;
         self.spawn(|v| async move { reply_empty(reply, v.set_xattr(ino.0, &name, &value, flags).await) });

@@ -229,21 +229,27 @@ impl Volume {
         &self.inner.volume
     }
 
-    async fn refresh_nodes(&self) -> FsResult<()> {
+    /// Reloads the node table from meta; returns whether any node's address
+    /// changed (a node restarted elsewhere).
+    pub async fn refresh_nodes(&self) -> FsResult<bool> {
         let statuses = self.nodes().await?;
         let mut nodes = self.inner.nodes.lock().expect("node table lock");
+        let mut moved = false;
         for status in statuses {
             let id = status.record.id;
             let client = match nodes.get(&id) {
                 Some(entry) if entry.client.addr() == status.record.addr => entry.client.clone(),
-                _ => Arc::new(NodeClient::new(
-                    status.record.addr.clone(),
-                    self.inner.transport.clone(),
-                )),
+                known => {
+                    moved |= known.is_some();
+                    Arc::new(NodeClient::new(
+                        status.record.addr.clone(),
+                        self.inner.transport.clone(),
+                    ))
+                }
             };
             nodes.insert(id, NodeEntry { status, client });
         }
-        Ok(())
+        Ok(moved)
     }
 
     fn node_client(&self, id: NodeId) -> Option<(Arc<NodeClient>, bool)> {
@@ -864,9 +870,15 @@ impl Volume {
     async fn put_stripe(&self, piece_id: u128, shards: Vec<Vec<u8>>) -> FsResult<Vec<ShardLoc>> {
         let width = shards.len();
         let quorum = (self.inner.volume.write_quorum as usize).clamp(self.inner.volume.data_shards as usize, width);
-        let views = self.node_views();
+        let mut views = self.node_views();
+        let mut chosen = choose_nodes(&views, width, &HashSet::new(), &HashSet::new(), rand::random());
+        if chosen.len() < width {
+            // The view may be older than the nodes that just came up or back.
+            self.refresh_nodes().await?;
+            views = self.node_views();
+            chosen = choose_nodes(&views, width, &HashSet::new(), &HashSet::new(), rand::random());
+        }
         let host_of: HashMap<NodeId, String> = views.iter().map(|v| (v.id, v.host.clone())).collect();
-        let chosen = choose_nodes(&views, width, &HashSet::new(), &HashSet::new(), rand::random());
         if chosen.len() < quorum {
             let up_hosts: HashSet<&str> = views.iter().filter(|v| v.up).map(|v| v.host.as_str()).collect();
             let reason = format!(
@@ -1190,14 +1202,15 @@ impl Volume {
                 parity_shards,
                 shards,
             } => {
-                self.fetch_stripe(
-                    piece.id,
-                    shards,
-                    *data_shards as usize,
-                    *parity_shards as usize,
-                    *sealed_len as usize,
-                )
-                .await?
+                let (k, m, sealed_len) = (*data_shards as usize, *parity_shards as usize, *sealed_len as usize);
+                match self.fetch_stripe(piece.id, shards, k, m, sealed_len).await {
+                    // Nodes that restarted on new addresses look unreachable
+                    // until the table is refreshed: try once more if so.
+                    Err(error) if error.is_transient() && self.refresh_nodes().await.unwrap_or(false) => {
+                        self.fetch_stripe(piece.id, shards, k, m, sealed_len).await?
+                    }
+                    fetched => fetched?,
+                }
             }
         };
         let key = self.inner.key.clone();

@@ -15,8 +15,8 @@ use tempfile::TempDir;
 
 use crate::mounts::{force_unmount, is_fuse_mounted, mounts_under};
 use crate::process::{
-    is_alive, kill_orphans_of_dead_test_processes, kill_tagged, log_tail, pids_with_tag,
-    run_bounded, run_tag_of, terminate, wait_for_exit, RunTag,
+    is_alive, kill_orphans_of_dead_test_processes, kill_tagged, log_tail, pids_with_tag, run_bounded, run_tag_of,
+    terminate, wait_for_exit, RunTag,
 };
 use crate::status::Status;
 use crate::wait::wait_until;
@@ -52,10 +52,7 @@ pub fn sohofs_bin() -> PathBuf {
         None => {
             let test_exe = env::current_exe().expect("path of the test executable");
             let deps_dir = test_exe.parent().expect("test executable has a directory");
-            deps_dir
-                .parent()
-                .expect("deps directory has a parent")
-                .join("sohofs")
+            deps_dir.parent().expect("deps directory has a parent").join("sohofs")
         }
     };
     assert!(
@@ -302,11 +299,11 @@ impl Cluster {
     /// this cluster (a stale pid file must not make the test kill a stranger).
     pub fn node_pid(&self, id: u32) -> i32 {
         let pid_path = self.nodes_dir().join(id.to_string()).join("node.pid");
-        let text = fs::read_to_string(&pid_path)
-            .unwrap_or_else(|error| panic!("read {}: {error}", pid_path.display()));
-        let pid: i32 = text.trim().parse().unwrap_or_else(|error| {
-            panic!("{} holds {text:?}, not a pid: {error}", pid_path.display())
-        });
+        let text = fs::read_to_string(&pid_path).unwrap_or_else(|error| panic!("read {}: {error}", pid_path.display()));
+        let pid: i32 = text
+            .trim()
+            .parse()
+            .unwrap_or_else(|error| panic!("{} holds {text:?}, not a pid: {error}", pid_path.display()));
         assert!(
             run_tag_of(pid).as_deref() == Some(self.tag.value()),
             "{} names pid {pid}, which is not a running process of this cluster",
@@ -437,10 +434,7 @@ impl Drop for Cluster {
             // Deleting the scratch directory would walk into the mount.
             if let Some(scratch) = self.scratch.take() {
                 let kept = scratch.keep();
-                eprintln!(
-                    "e2e: kept {} (mounts left: {still_mounted:?})",
-                    kept.display()
-                );
+                eprintln!("e2e: kept {} (mounts left: {still_mounted:?})", kept.display());
             }
         }
     }
@@ -516,9 +510,7 @@ fn wait_for_mount(child: &mut Child, mount_dir: &Path, log: &Path, ready_words: 
         }
         let said_ready = match ready_words {
             None => true,
-            Some(words) => {
-                fs::read(log).is_ok_and(|bytes| String::from_utf8_lossy(&bytes).contains(words))
-            }
+            Some(words) => fs::read(log).is_ok_and(|bytes| String::from_utf8_lossy(&bytes).contains(words)),
         };
         if said_ready && is_fuse_mounted(mount_dir) {
             return;

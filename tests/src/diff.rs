@@ -65,9 +65,6 @@ mod unit {
 
     #[test]
     fn shows_changed_added_and_removed_lines() {
-        assert_eq!(
-            line_diff("a\nb\nc\n", "a\nB\nc\nd\n"),
-            " a\n-b\n+B\n c\n+d\n"
-        );
+        assert_eq!(line_diff("a\nb\nc\n", "a\nB\nc\nd\n"), " a\n-b\n+B\n c\n+d\n");
     }
 }

@@ -38,12 +38,8 @@ fn unescape_octal(field: &str) -> String {
     while index < bytes.len() {
         let escape = bytes.get(index + 1..index + 4);
         match escape {
-            Some(digits)
-                if bytes[index] == b'\\' && digits.iter().all(|d| (b'0'..=b'7').contains(d)) =>
-            {
-                let value = digits
-                    .iter()
-                    .fold(0u32, |acc, d| acc * 8 + u32::from(d - b'0'));
+            Some(digits) if bytes[index] == b'\\' && digits.iter().all(|d| (b'0'..=b'7').contains(d)) => {
+                let value = digits.iter().fold(0u32, |acc, d| acc * 8 + u32::from(d - b'0'));
                 out.push(value as u8);
                 index += 4;
             }
@@ -98,11 +94,7 @@ pub fn force_unmount(path: &Path) {
         return;
     }
     // fusermount3 only unmounts FUSE; a plain lazy umount covers the rest.
-    let lazy_umount = Command::new("umount")
-        .arg("-l")
-        .arg(path)
-        .stdin(Stdio::null())
-        .status();
+    let lazy_umount = Command::new("umount").arg("-l").arg(path).stdin(Stdio::null()).status();
     if fs_type_at(path).is_some() {
         eprintln!(
             "e2e cleanup: could not unmount {} (fusermount3: {lazy_fuse_unmount:?}, umount: {lazy_umount:?})",

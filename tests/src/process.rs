@@ -107,10 +107,7 @@ pub fn kill_tagged(tag: &RunTag, timeout: Duration) -> Vec<i32> {
 pub fn kill_orphans_of_dead_test_processes() -> usize {
     let mut killed = 0;
     for (pid, value) in tagged_processes() {
-        let owner = value
-            .split('-')
-            .next()
-            .and_then(|owner| owner.parse::<i32>().ok());
+        let owner = value.split('-').next().and_then(|owner| owner.parse::<i32>().ok());
         let owner_gone = owner.is_some_and(|owner| !Path::new(&format!("/proc/{owner}")).exists());
         if owner_gone && kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok() {
             killed += 1;
@@ -192,11 +189,7 @@ pub fn run_bounded(mut command: Command, tag: &RunTag, timeout: Duration) -> Out
             String::from_utf8_lossy(&stderr)
         );
     };
-    Output {
-        status,
-        stdout,
-        stderr,
-    }
+    Output { status, stdout, stderr }
 }
 
 /// Like [`run_bounded`], and also panics, with the output, unless the command

@@ -57,10 +57,7 @@ impl Status {
 
     /// Node id to state, for comparing against an expected map in one assert.
     pub fn node_states(&self) -> BTreeMap<u32, NodeState> {
-        self.nodes
-            .iter()
-            .map(|node| (node.id, node.state))
-            .collect()
+        self.nodes.iter().map(|node| (node.id, node.state)).collect()
     }
 
     pub fn node(&self, id: u32) -> Option<&NodeStatus> {
@@ -77,10 +74,7 @@ impl NodeStatus {
             .parse()
             .map_err(|error| format!("node {} addr {:?}: {error}", self.id, self.addr))?;
         if !addr.ip().is_loopback() || addr.port() == 0 {
-            return Err(format!(
-                "node {} addr {addr} is not 127.0.0.1:PORT",
-                self.id
-            ));
+            return Err(format!("node {} addr {addr} is not 127.0.0.1:PORT", self.id));
         }
         Ok(addr)
     }
@@ -112,10 +106,7 @@ mod unit {
                         "volume":{"k":1,"m":1,"files":4,"bytes":5,"chunks_total":6,"chunks_healthy":3,"chunks_degraded":2,"chunks_unreadable":1}}"#;
         let status = Status::parse(json).expect("parse");
         assert_eq!(status.node_states(), expected_states(2, &[2]));
-        assert_eq!(
-            status.node(1).unwrap().loopback_addr().unwrap().port(),
-            4100
-        );
+        assert_eq!(status.node(1).unwrap().loopback_addr().unwrap().port(), 4100);
         assert_eq!(status.volume.chunks_unreadable, 1);
     }
 

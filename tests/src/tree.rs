@@ -78,9 +78,8 @@ pub fn hash_tree(root: &Path) -> io::Result<Tree> {
                 pending.push(path.clone());
                 Entry::Dir { mode }
             } else if file_type.is_file() {
-                let blake3 = hash_file(&path).map_err(|error| {
-                    io::Error::new(error.kind(), format!("hash {}: {error}", path.display()))
-                })?;
+                let blake3 = hash_file(&path)
+                    .map_err(|error| io::Error::new(error.kind(), format!("hash {}: {error}", path.display())))?;
                 Entry::File {
                     mode,
                     size: metadata.len(),
@@ -95,10 +94,7 @@ pub fn hash_tree(root: &Path) -> io::Result<Tree> {
                     mode: metadata.permissions().mode(),
                 }
             };
-            let relative = path
-                .strip_prefix(root)
-                .expect("walk stays below root")
-                .to_path_buf();
+            let relative = path.strip_prefix(root).expect("walk stays below root").to_path_buf();
             tree.insert(relative, entry);
         }
     }
@@ -114,14 +110,8 @@ pub fn file_totals(tree: &Tree) -> (u64, u64) {
 
 /// Panics, listing the differences, unless the two snapshots are equal.
 pub fn assert_trees_equal(expected: &Tree, actual: &Tree, context: &str) {
-    let missing: Vec<&PathBuf> = expected
-        .keys()
-        .filter(|path| !actual.contains_key(*path))
-        .collect();
-    let unexpected: Vec<&PathBuf> = actual
-        .keys()
-        .filter(|path| !expected.contains_key(*path))
-        .collect();
+    let missing: Vec<&PathBuf> = expected.keys().filter(|path| !actual.contains_key(*path)).collect();
+    let unexpected: Vec<&PathBuf> = actual.keys().filter(|path| !expected.contains_key(*path)).collect();
     let changed: Vec<(&PathBuf, &Entry, &Entry)> = expected
         .iter()
         .filter_map(|(path, want)| {

@@ -12,11 +12,7 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
 /// Probes until `probe` returns `Ok`, and returns its value. `Err` carries a
 /// description of what was seen instead, which the panic at the deadline
 /// repeats so that a failure says how far the system got.
-pub fn wait_until<T>(
-    what: &str,
-    timeout: Duration,
-    mut probe: impl FnMut() -> Result<T, String>,
-) -> T {
+pub fn wait_until<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Result<T, String>) -> T {
     let started = Instant::now();
     loop {
         match probe() {
@@ -34,11 +30,7 @@ pub fn wait_until<T>(
 /// can block in the kernel for as long as the FUSE server does not answer.
 /// On timeout the thread is left behind; it ends when the test's cluster is
 /// torn down, since the kernel fails the pending request once the mount goes.
-pub fn bounded<T: Send + 'static>(
-    what: &str,
-    timeout: Duration,
-    work: impl FnOnce() -> T + Send + 'static,
-) -> T {
+pub fn bounded<T: Send + 'static>(what: &str, timeout: Duration, work: impl FnOnce() -> T + Send + 'static) -> T {
     let (sender, receiver) = mpsc::channel();
     let worker = thread::Builder::new()
         .name(format!("bounded: {what}"))

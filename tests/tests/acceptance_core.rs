@@ -13,15 +13,9 @@ use rand::{Rng, RngCore, SeedableRng};
 use sohofs_e2e::process::run_ok;
 use sohofs_e2e::status::expected_states;
 use sohofs_e2e::tree::file_totals;
-use sohofs_e2e::{
-    assert_trees_equal, bounded, hash_tree, wait_until, Cluster, ClusterOptions, Status, Tree,
-};
+use sohofs_e2e::{assert_trees_equal, bounded, hash_tree, wait_until, Cluster, ClusterOptions, Status, Tree};
 
-const OPTIONS: ClusterOptions = ClusterOptions {
-    nodes: 6,
-    k: 4,
-    m: 2,
-};
+const OPTIONS: ClusterOptions = ClusterOptions { nodes: 6, k: 4, m: 2 };
 
 const BIG_FILE_BYTES: usize = 100 << 20;
 const SMALL_FILES: usize = 2000;
@@ -75,15 +69,9 @@ fn acceptance_core() {
 
     // 1. Copy in, all nodes up.
     let mut copy = Command::new("cp");
-    copy.arg("-a")
-        .arg(source.join("."))
-        .arg(cluster.mount_dir());
+    copy.arg("-a").arg(source.join(".")).arg(cluster.mount_dir());
     run_ok(copy, cluster.tag(), COPY_TIMEOUT);
-    assert_mount_matches(
-        &expected,
-        cluster.mount_dir(),
-        "after `cp -a` into the mount of `up`",
-    );
+    assert_mount_matches(&expected, cluster.mount_dir(), "after `cp -a` into the mount of `up`");
     let status = wait_for_status(
         &cluster,
         "every node up after the copy",
@@ -96,12 +84,9 @@ fn acceptance_core() {
     let killed_at = Instant::now();
     cluster.kill_node(1);
     cluster.kill_node(2);
-    wait_for_status(
-        &cluster,
-        "nodes 1 and 2 down, 3..6 up",
-        DOWN_DETECT_TIMEOUT,
-        |status| states_match(status, &[1, 2]),
-    );
+    wait_for_status(&cluster, "nodes 1 and 2 down, 3..6 up", DOWN_DETECT_TIMEOUT, |status| {
+        states_match(status, &[1, 2])
+    });
     eprintln!(
         "acceptance_core: nodes 1, 2 shown down {:?} after SIGKILL",
         killed_at.elapsed()
@@ -127,11 +112,9 @@ fn acceptance_core() {
     let fresh = cluster.mount_client();
     let big_file = fresh.mount_dir().join("big.bin");
     let read_started = Instant::now();
-    let outcome = bounded(
-        "reading big.bin with nodes 1, 2, 3 down",
-        EIO_TIMEOUT,
-        move || read_whole_file(&big_file),
-    );
+    let outcome = bounded("reading big.bin with nodes 1, 2, 3 down", EIO_TIMEOUT, move || {
+        read_whole_file(&big_file)
+    });
     match outcome {
         Ok(read) => panic!("big.bin read {read} bytes with 3 of 6 nodes down; expected EIO"),
         Err(error) => assert_eq!(
@@ -178,8 +161,7 @@ fn repo_root() -> PathBuf {
 /// change under it while someone edits the working tree.
 fn stage_repository_sources(repo: &Path, dest: &Path) {
     let repo_device = fs::metadata(repo).expect("stat the repository").dev();
-    copy_sources(repo, dest, repo_device)
-        .unwrap_or_else(|error| panic!("stage {}: {error}", repo.display()));
+    copy_sources(repo, dest, repo_device).unwrap_or_else(|error| panic!("stage {}: {error}", repo.display()));
 }
 
 fn copy_sources(from: &Path, to: &Path, device: u64) -> io::Result<()> {
@@ -253,8 +235,8 @@ fn read_whole_file(path: &Path) -> io::Result<u64> {
 fn assert_mount_matches(expected: &Tree, mount: &Path, context: &str) {
     let mount = mount.to_path_buf();
     let what = format!("hashing every file {context}");
-    let actual = bounded(&what, HASH_TIMEOUT, move || hash_tree(&mount))
-        .unwrap_or_else(|error| panic!("{what}: {error}"));
+    let actual =
+        bounded(&what, HASH_TIMEOUT, move || hash_tree(&mount)).unwrap_or_else(|error| panic!("{what}: {error}"));
     assert_trees_equal(expected, &actual, context);
 }
 
@@ -294,13 +276,7 @@ enum Health {
     Unreadable,
 }
 
-fn check_status(
-    status: &Status,
-    down: &[u32],
-    files: u64,
-    bytes: u64,
-    health: Health,
-) -> Result<(), String> {
+fn check_status(status: &Status, down: &[u32], files: u64, bytes: u64, health: Health) -> Result<(), String> {
     states_match(status, down)?;
     let volume = &status.volume;
     let mut problems = Vec::new();
@@ -342,9 +318,7 @@ fn check_status(
 fn check_nodes_hold_data(status: &Status) {
     let mut ports = Vec::new();
     for node in &status.nodes {
-        let addr = node
-            .loopback_addr()
-            .unwrap_or_else(|problem| panic!("{problem}"));
+        let addr = node.loopback_addr().unwrap_or_else(|problem| panic!("{problem}"));
         ports.push(addr.port());
         assert!(
             node.shards > 0,

@@ -14,11 +14,7 @@ use rand::RngCore;
 use sohofs_e2e::{bounded, Cluster, ClusterOptions};
 
 /// Smaller than the 6-node default: what is tested is the bytes at rest.
-const OPTIONS: ClusterOptions = ClusterOptions {
-    nodes: 3,
-    k: 2,
-    m: 1,
-};
+const OPTIONS: ClusterOptions = ClusterOptions { nodes: 3, k: 2, m: 1 };
 
 const MEDIUM_FILE_BYTES: usize = 100 << 10;
 /// More than two 4 MiB chunks.
@@ -46,10 +42,7 @@ fn no_plaintext_under_nodes() {
     let name_marker = format!("SOHOFS-MARKER-{id}");
     // In contents only; must appear nowhere under nodes/ nor meta/.
     let data_marker = format!("SOHOFS-DATA-{id}");
-    let markers = [
-        name_marker.as_bytes().to_vec(),
-        data_marker.as_bytes().to_vec(),
-    ];
+    let markers = [name_marker.as_bytes().to_vec(), data_marker.as_bytes().to_vec()];
     let line = format!("{name_marker} {data_marker}\n");
 
     let tiny = format!("tiny-{name_marker}.txt");
@@ -74,38 +67,26 @@ fn no_plaintext_under_nodes() {
     ];
     let mount = cluster.mount_dir().to_path_buf();
     {
-        let (mount, dir, link, multi, files) = (
-            mount.clone(),
-            dir.clone(),
-            link.clone(),
-            multi.clone(),
-            files.clone(),
-        );
-        bounded(
-            "writing the marked files",
-            WRITE_TIMEOUT,
-            move || -> io::Result<()> {
-                fs::create_dir(mount.join(&dir))?;
-                for (name, content) in &files {
-                    let mut file = File::create(mount.join(name))?;
-                    file.write_all(content)?;
-                    file.sync_all()?;
-                }
-                symlink(&multi, mount.join(&link))?;
-                nix::unistd::sync();
-                Ok(())
-            },
-        )
+        let (mount, dir, link, multi, files) = (mount.clone(), dir.clone(), link.clone(), multi.clone(), files.clone());
+        bounded("writing the marked files", WRITE_TIMEOUT, move || -> io::Result<()> {
+            fs::create_dir(mount.join(&dir))?;
+            for (name, content) in &files {
+                let mut file = File::create(mount.join(name))?;
+                file.write_all(content)?;
+                file.sync_all()?;
+            }
+            symlink(&multi, mount.join(&link))?;
+            nix::unistd::sync();
+            Ok(())
+        })
         .expect("write the marked files into the mount");
     }
 
     // What was written reads back, byte for byte.
     for (name, content) in &files {
         let path = mount.join(name);
-        let read = bounded("reading a marked file back", WRITE_TIMEOUT, move || {
-            fs::read(path)
-        })
-        .unwrap_or_else(|error| panic!("read {name} back: {error}"));
+        let read = bounded("reading a marked file back", WRITE_TIMEOUT, move || fs::read(path))
+            .unwrap_or_else(|error| panic!("read {name} back: {error}"));
         assert!(
             read == *content,
             "{name} reads back {} bytes that differ from the {} written",
@@ -147,11 +128,7 @@ fn no_plaintext_under_nodes() {
     );
 
     let meta_dir = cluster.meta_dir();
-    assert!(
-        meta_dir.is_dir(),
-        "no meta directory at {}",
-        meta_dir.display()
-    );
+    assert!(meta_dir.is_dir(), "no meta directory at {}", meta_dir.display());
     let seen_in_meta = scan(&meta_dir, &markers[1..]);
     assert!(
         seen_in_meta.is_empty(),
@@ -166,8 +143,7 @@ fn no_plaintext_under_nodes() {
 fn scan(root: &Path, markers: &[Vec<u8>]) -> BTreeSet<Hit> {
     let (root, markers) = (root.to_path_buf(), markers.to_vec());
     let what = format!("scanning {} for markers", root.display());
-    bounded(&what, SCAN_TIMEOUT, move || scan_tree(&root, &markers))
-        .unwrap_or_else(|error| panic!("{what}: {error}"))
+    bounded(&what, SCAN_TIMEOUT, move || scan_tree(&root, &markers)).unwrap_or_else(|error| panic!("{what}: {error}"))
 }
 
 fn scan_tree(root: &Path, markers: &[Vec<u8>]) -> io::Result<BTreeSet<Hit>> {
@@ -177,18 +153,11 @@ fn scan_tree(root: &Path, markers: &[Vec<u8>]) -> io::Result<BTreeSet<Hit>> {
         for dirent in fs::read_dir(&dir)? {
             let dirent = dirent?;
             let path = dirent.path();
-            let relative = path
-                .strip_prefix(root)
-                .expect("walk stays below root")
-                .to_path_buf();
+            let relative = path.strip_prefix(root).expect("walk stays below root").to_path_buf();
             let file_type = dirent.file_type()?;
             let name = dirent.file_name();
             let mut record = |place: Place, found: Vec<usize>| {
-                hits.extend(
-                    found
-                        .into_iter()
-                        .map(|marker| (relative.clone(), place, marker)),
-                );
+                hits.extend(found.into_iter().map(|marker| (relative.clone(), place, marker)));
             };
             record(Place::Name, markers_in(name.as_encoded_bytes(), markers));
             if file_type.is_dir() {
@@ -198,10 +167,7 @@ fn scan_tree(root: &Path, markers: &[Vec<u8>]) -> io::Result<BTreeSet<Hit>> {
             } else if file_type.is_symlink() {
                 record(
                     Place::LinkTarget,
-                    markers_in(
-                        fs::read_link(&path)?.as_os_str().as_encoded_bytes(),
-                        markers,
-                    ),
+                    markers_in(fs::read_link(&path)?.as_os_str().as_encoded_bytes(), markers),
                 );
             }
         }
@@ -222,12 +188,7 @@ fn markers_in(haystack: &[u8], markers: &[Vec<u8>]) -> Vec<usize> {
 /// Streams the file, keeping the last `longest marker - 1` bytes of each read
 /// in front of the next, so a marker split across reads is still found.
 fn markers_in_file(path: &Path, markers: &[Vec<u8>]) -> io::Result<Vec<usize>> {
-    let overlap = markers
-        .iter()
-        .map(Vec::len)
-        .max()
-        .unwrap_or(1)
-        .saturating_sub(1);
+    let overlap = markers.iter().map(Vec::len).max().unwrap_or(1).saturating_sub(1);
     let mut file = File::open(path)?;
     let mut window: Vec<u8> = Vec::with_capacity(SCAN_READ_BYTES + overlap);
     let mut buffer = vec![0u8; SCAN_READ_BYTES];
@@ -249,8 +210,7 @@ fn bytes_under(root: &Path) -> u64 {
     let mut total = 0;
     let mut pending = vec![root.to_path_buf()];
     while let Some(dir) = pending.pop() {
-        let entries =
-            fs::read_dir(&dir).unwrap_or_else(|error| panic!("list {}: {error}", dir.display()));
+        let entries = fs::read_dir(&dir).unwrap_or_else(|error| panic!("list {}: {error}", dir.display()));
         for dirent in entries.flatten() {
             let Ok(metadata) = fs::symlink_metadata(dirent.path()) else {
                 continue;
@@ -274,8 +234,5 @@ fn scanner_finds_a_marker_split_across_reads() {
     content.extend_from_slice(b"tail");
     let path = scratch.path().join("file");
     fs::write(&path, &content).unwrap();
-    assert_eq!(
-        markers_in_file(&path, &[b"absent".to_vec(), marker]).unwrap(),
-        vec![1]
-    );
+    assert_eq!(markers_in_file(&path, &[b"absent".to_vec(), marker]).unwrap(), vec![1]);
 }

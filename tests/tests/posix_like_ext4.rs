@@ -12,11 +12,7 @@ use sohofs_e2e::diff::line_diff;
 use sohofs_e2e::process::{run_ok, RunTag};
 use sohofs_e2e::{Cluster, ClusterOptions};
 
-const OPTIONS: ClusterOptions = ClusterOptions {
-    nodes: 3,
-    k: 2,
-    m: 1,
-};
+const OPTIONS: ClusterOptions = ClusterOptions { nodes: 3, k: 2, m: 1 };
 const TRANSCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
 /// Slack around a run's start and end within which an mtime counts as "now".
 const NOW_SLACK_SECS: u64 = 5;
@@ -119,11 +115,10 @@ fn posix_like_ext4() {
     let local_fs = file_system_name(&local_work, cluster.tag());
     let reference = run_transcript(&local_work, cluster.tag());
     let as_root = nix::unistd::geteuid().is_root();
-    for line in REFERENCE_LINES.iter().chain(if as_root {
-        REFERENCE_LINES_AS_ROOT
-    } else {
-        &[]
-    }) {
+    for line in REFERENCE_LINES
+        .iter()
+        .chain(if as_root { REFERENCE_LINES_AS_ROOT } else { &[] })
+    {
         assert!(
             reference.lines().any(|seen| seen == *line),
             "the reference run on the local {local_fs} lacks the line {line:?}:\n{reference}"
@@ -194,10 +189,7 @@ fn normalise(transcript: &str, now: &std::ops::RangeInclusive<u64>) -> String {
             if is_stat_of_dir && field.starts_with("size=") {
                 *field = "size=<dirsize>".to_owned();
             }
-            if let Some(seconds) = field
-                .strip_prefix("mtime=")
-                .and_then(|value| value.parse::<u64>().ok())
-            {
+            if let Some(seconds) = field.strip_prefix("mtime=").and_then(|value| value.parse::<u64>().ok()) {
                 if now.contains(&seconds) {
                     *field = "mtime=<now>".to_owned();
                 }
