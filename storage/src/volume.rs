@@ -313,12 +313,16 @@ impl Volume {
         }
         let new_size = attr.size;
         let result = expect_inode(self.meta(MetaRequest::SetAttr { ino, attr }).await?)?;
-        if let Some(size) = new_size {
-            if let Some(state) = state_guard.as_mut() {
+        if let Some(state) = state_guard.as_mut() {
+            // Everything written is committed; meta's times are the truth now
+            // (a `touch -d` must not be hidden by an older local write time).
+            state.mtime = None;
+            if let Some(size) = new_size {
                 state.size = size;
                 state.size_known = true;
-                state.mtime = None;
             }
+        }
+        if new_size.is_some() {
             if let Some(file) = &file {
                 file.book().records.clear();
             }
