@@ -257,9 +257,12 @@ impl Volume {
         nodes.get(&id).map(|e| (e.client.clone(), e.status.up))
     }
 
-    fn mark_down(&self, id: NodeId) {
-        if let Some(entry) = self.inner.nodes.lock().expect("node table lock").get_mut(&id) {
-            entry.status.up = false;
+    /// Marks a node down in this client's view until the next refresh;
+    /// returns whether it was believed up (so that each outage is logged once).
+    fn mark_down(&self, id: NodeId) -> bool {
+        match self.inner.nodes.lock().expect("node table lock").get_mut(&id) {
+            Some(entry) => std::mem::replace(&mut entry.status.up, false),
+            None => false,
         }
     }
 
@@ -908,9 +911,8 @@ impl Volume {
             match result {
                 Ok(()) => placed[index as usize] = Some(node),
                 Err(error) => {
-                    tracing::warn!(node, %error, "shard write failed");
-                    if error.is_transient() {
-                        self.mark_down(node);
+                    if !error.is_transient() || self.mark_down(node) {
+                        tracing::warn!(node, %error, "shard write failed; trying a spare host");
                     }
                     failed.push(index as usize);
                 }
@@ -1270,7 +1272,11 @@ impl Volume {
                     }
                 }
                 Err(error) => {
-                    tracing::warn!(piece = %format!("{piece_id:032x}"), index, %error, "shard unreadable; using parity");
+                    // Unreachable nodes were logged when marked down; a corrupt or
+                    // missing shard is logged every time (it needs repair).
+                    if !error.is_transient() {
+                        tracing::warn!(piece = %format!("{piece_id:032x}"), index, %error, "shard unreadable; using parity");
+                    }
                     if let Some(next) = candidates.next() {
                         requests.push(self.get_one(piece_id, next, locations[next]));
                     }
@@ -1307,7 +1313,9 @@ impl Volume {
                 Err(error) => {
                     if error.is_transient() {
                         if let Some(node) = location.node {
-                            volume.mark_down(node);
+                            if volume.mark_down(node) {
+                                tracing::warn!(node, %error, "node unreachable; reading parity instead");
+                            }
                         }
                     }
                     Err(error)
