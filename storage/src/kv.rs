@@ -1,12 +1,17 @@
 //! The metadata store's narrow key-value interface, with a RocksDB
 //! implementation (the real one) and an in-memory one, and one conformance
 //! suite for both. The key schema is in `sohofs_format::keys`.
+//!
+//! `RocksKv` exists only with the `rocksdb` feature (on by default).
 
 use std::collections::BTreeMap;
+#[cfg(feature = "rocksdb")]
 use std::path::Path;
 use std::sync::RwLock;
 
-use crate::error::{FsError, FsResult};
+#[cfg(feature = "rocksdb")]
+use crate::error::FsError;
+use crate::error::FsResult;
 
 /// One change of an atomic batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,10 +49,12 @@ pub trait KvStore: Send + Sync + 'static {
     fn write(&self, batch: Batch) -> FsResult<()>;
 }
 
+#[cfg(feature = "rocksdb")]
 pub struct RocksKv {
     db: rocksdb::DB,
 }
 
+#[cfg(feature = "rocksdb")]
 impl RocksKv {
     pub fn open(path: &Path) -> FsResult<Self> {
         let mut options = rocksdb::Options::default();
@@ -59,10 +66,12 @@ impl RocksKv {
     }
 }
 
+#[cfg(feature = "rocksdb")]
 fn rocks_error(error: rocksdb::Error) -> FsError {
     FsError::Io(format!("metadata database: {error}"))
 }
 
+#[cfg(feature = "rocksdb")]
 impl KvStore for RocksKv {
     fn get(&self, key: &[u8]) -> FsResult<Option<Vec<u8>>> {
         self.db.get(key).map_err(rocks_error)
@@ -174,6 +183,7 @@ pub(crate) fn conformance(kv: &dyn KvStore) {
 mod tests {
     use super::*;
 
+    #[cfg(feature = "rocksdb")]
     #[test]
     fn rocksdb_conforms() {
         let dir = tempfile::tempdir().unwrap();
