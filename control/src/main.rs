@@ -1,10 +1,12 @@
 //! `sohofs`: the one binary. Services (`meta serve`, `node serve`), the
-//! client mount, the local dev cluster (`up`) and the admin verbs.
+//! client mount, the NFS gateway (`nfs serve`), the local dev cluster (`up`)
+//! and the admin verbs.
 //!
 //! Exit codes: 0 success, 1 failure (the message says what), 2 bad usage.
 
 mod config;
 mod mount;
+mod nfs;
 mod services;
 mod status;
 mod up;
@@ -35,6 +37,11 @@ enum Command {
         config: PathBuf,
         /// Where to mount.
         mountpoint: PathBuf,
+    },
+    /// The NFSv3 gateway.
+    Nfs {
+        #[command(subcommand)]
+        verb: nfs::NfsVerb,
     },
     /// Show nodes and volume health.
     Status {
@@ -95,6 +102,7 @@ fn main() {
         match cli.command {
             Command::Up(args) => up::run(args).await,
             Command::Mount { config, mountpoint } => mount::run(&config, &mountpoint).await,
+            Command::Nfs { verb } => nfs::run(verb).await,
             Command::Status { config, json } => status::run(&config, json).await,
             Command::Meta { verb } => services::meta(verb).await,
             Command::Node { verb } => services::node(verb).await,

@@ -14,10 +14,12 @@
 pub mod frame;
 pub mod keys;
 pub mod messages;
+pub mod nfs_handle;
 pub mod records;
 pub mod shard;
 
 pub use frame::{FrameHeader, FRAME_BODY_BYTES_MAX, FRAME_DATA_BYTES_MAX, FRAME_HEADER_BYTES};
+pub use nfs_handle::{NfsHandle, NFS_HANDLE_BYTES};
 pub use records::*;
 pub use shard::{ShardHeader, SHARD_HEADER_BYTES};
 
