@@ -16,6 +16,7 @@
 
 pub mod cluster;
 pub mod diff;
+pub mod gateway;
 pub mod mounts;
 pub mod process;
 pub mod status;

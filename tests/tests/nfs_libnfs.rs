@@ -10,126 +10,25 @@
 //! stops it itself and checks that it exits 0 on SIGTERM.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::net::TcpListener;
+use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
 use rand::RngCore;
-use sohofs_e2e::cluster::STOP_TIMEOUT;
-use sohofs_e2e::process::{log_tail, run_bounded, run_ok, terminate, wait_for_exit};
-use sohofs_e2e::{bounded, sohofs_bin, Cluster, ClusterOptions};
+use sohofs_e2e::gateway::Gateway;
+use sohofs_e2e::process::{run_bounded, run_ok};
+use sohofs_e2e::{bounded, Cluster, ClusterOptions};
 
 const OPTIONS: ClusterOptions = ClusterOptions { nodes: 3, k: 2, m: 1 };
-/// From spawning the gateway to its readiness line.
-const GATEWAY_READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// One libnfs command (a copy of at most a few MiB, or one listing).
 const NFS_COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 const FUSE_TIMEOUT: Duration = Duration::from_secs(120);
-/// What the gateway prints once it listens.
-const GATEWAY_READY_WORDS: &str = "serving on";
 const LISTING_FILES: usize = 2_000;
 const LISTING_HARD_LINKS: usize = 200;
 /// Sizes that cross the inline bound, a chunk boundary and several chunks.
 const FILE_SIZES: [usize; 7] = [0, 1, 2048, 2049, 100_000, (4 << 20) + 123, 9 << 20];
-const LOG_TAIL_LINES: usize = 60;
-
-/// `sohofs nfs serve` on a free port of 127.0.0.1.
-struct Gateway {
-    child: Option<Child>,
-    port: u16,
-    log: PathBuf,
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local address").port()
-}
-
-impl Gateway {
-    fn start(cluster: &Cluster) -> Gateway {
-        let port = free_port();
-        let log = cluster.scratch_dir("gateway").join("gateway.log");
-        let log_file = File::create(&log).expect("create the gateway log");
-        let mut command = Command::new(sohofs_bin());
-        command
-            .args(["nfs", "serve", "--config"])
-            .arg(cluster.config_path())
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().expect("clone the log handle"))
-            .stderr(log_file);
-        if std::env::var_os("SOHOFS_LOG").is_none() {
-            command.env("SOHOFS_LOG", "info");
-        }
-        cluster.tag().apply(&mut command);
-        let child = command.spawn().expect("spawn sohofs nfs serve");
-        let mut gateway = Gateway {
-            child: Some(child),
-            port,
-            log,
-        };
-        let started = Instant::now();
-        loop {
-            let child = gateway.child.as_mut().expect("just set");
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("the gateway exited ({status}) before serving\n{}", gateway.log_tail());
-            }
-            let said = fs::read(&gateway.log).is_ok_and(|b| String::from_utf8_lossy(&b).contains(GATEWAY_READY_WORDS));
-            if said {
-                return gateway;
-            }
-            assert!(
-                started.elapsed() < GATEWAY_READY_TIMEOUT,
-                "the gateway did not serve within {GATEWAY_READY_TIMEOUT:?}\n{}",
-                gateway.log_tail()
-            );
-            thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// The libnfs URL of `path` (relative to the export root).
-    fn url(&self, path: &str) -> String {
-        format!(
-            "nfs://127.0.0.1/{path}?nfsport={port}&mountport={port}&version=3",
-            port = self.port
-        )
-    }
-
-    fn log_tail(&self) -> String {
-        log_tail(&self.log, LOG_TAIL_LINES)
-    }
-
-    /// SIGTERM; the gateway must exit 0.
-    fn stop(mut self) {
-        let mut child = self.child.take().expect("gateway is running");
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let status = wait_for_exit(&mut child, STOP_TIMEOUT);
-        terminate(&mut child, Duration::ZERO);
-        match status {
-            Some(status) => assert!(status.success(), "gateway exited with {status}\n{}", self.log_tail()),
-            None => panic!("gateway ignored SIGTERM for {STOP_TIMEOUT:?}\n{}", self.log_tail()),
-        }
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            terminate(&mut child, STOP_TIMEOUT);
-            if thread::panicking() {
-                eprintln!("----- last lines of {} -----\n{}", self.log.display(), self.log_tail());
-            }
-        }
-    }
-}
 
 fn nfs_command(cluster: &Cluster, program: &str, args: &[&str]) -> std::process::Output {
     let mut command = Command::new(program);
