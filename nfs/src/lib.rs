@@ -4,8 +4,9 @@
 //! see `sohofs_format::nfs_handle`), attributes, directory cookies (each
 //! entry's directory sequence number), `nfsstat3` values, the AUTH_SYS
 //! permission checks (`access`), and the files it holds open in the volume
-//! on behalf of clients (`open_files`). It uses nothing of storage but
-//! `volume` and `FsError`.
+//! on behalf of clients (`open_files`), and the guard that checks every
+//! RPC record before the library decodes it (`rpc_guard`). It uses nothing
+//! of storage but `volume` and `FsError`.
 //!
 //! Every WRITE is durable before its reply: the library answers FILE_SYNC,
 //! so the adapter writes and fsyncs, which commits the request's bytes as one
@@ -13,6 +14,7 @@
 
 pub mod access;
 pub mod open_files;
+pub mod rpc_guard;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex as StdMutex};
@@ -839,12 +841,19 @@ impl NFSFileSystem for SohoNfs {
     }
 }
 
-/// A bound NFS gateway, ready to serve.
+/// A bound NFS gateway, ready to serve: clients connect to `listener`,
+/// whose connections are relayed, record by checked record, to the
+/// library's own listener on a loopback port (see `rpc_guard`).
 pub struct Gateway {
-    listener: NFSTcpListener<SohoNfs>,
+    listener: tokio::net::TcpListener,
+    library: NFSTcpListener<SohoNfs>,
     open_files: Arc<OpenFiles>,
     export: String,
 }
+
+/// After an accept error (e.g. out of file descriptors), wait this long
+/// before accepting again rather than stopping the gateway.
+const ACCEPT_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Resolves the export path to a directory of the volume.
 async fn resolve_export(volume: &Volume, export: &str) -> Result<Attr, GatewayError> {
@@ -869,23 +878,28 @@ impl Gateway {
         let root = resolve_export(&volume, &options.export).await?;
         let fs = SohoNfs::new(volume, &root, options.root_squash);
         let open_files = fs.open_files();
-        let mut listener = NFSTcpListener::bind(options.listen, fs)
+        let bind_failed = |addr, source| GatewayError::Bind { addr, source };
+        let listener = tokio::net::TcpListener::bind(options.listen)
             .await
-            .map_err(|source| GatewayError::Bind {
-                addr: options.listen,
-                source,
-            })?;
+            .map_err(|source| bind_failed(options.listen, source))?;
+        let library_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut library = NFSTcpListener::bind(library_addr, fs)
+            .await
+            .map_err(|source| bind_failed(library_addr, source))?;
         // Clients mount the export by its path in the volume.
-        listener.with_export_name(&options.export);
+        library.with_export_name(&options.export);
         Ok(Gateway {
             listener,
+            library,
             open_files,
             export: format!("/{}", options.export.trim_matches('/')),
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        SocketAddr::new(self.listener.get_listen_ip(), self.listener.get_listen_port())
+        self.listener
+            .local_addr()
+            .expect("a bound TCP listener has a local address")
     }
 
     /// The path clients pass to MOUNT.
@@ -896,7 +910,34 @@ impl Gateway {
     /// Serves until `shutdown` is cancelled, then releases every file it
     /// held open in the volume.
     pub async fn serve(self, shutdown: CancellationToken) -> std::io::Result<()> {
-        let served = self.listener.handle_with_shutdown(shutdown).await;
+        let backend = SocketAddr::new(self.library.get_listen_ip(), self.library.get_listen_port());
+        let library = self.library;
+        let library_shutdown = shutdown.clone();
+        let library_task = tokio::spawn(async move { library.handle_with_shutdown(library_shutdown).await });
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok((client, _)) => {
+                        let connection_shutdown = shutdown.clone();
+                        tokio::spawn(async move {
+                            tokio::select! {
+                                () = connection_shutdown.cancelled() => {}
+                                () = rpc_guard::relay(client, backend) => {}
+                            }
+                        });
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "accept an NFS connection");
+                        tokio::time::sleep(ACCEPT_RETRY_DELAY).await;
+                    }
+                },
+            }
+        }
+        let served = match library_task.await {
+            Ok(served) => served,
+            Err(join) => Err(std::io::Error::other(format!("NFS library task: {join}"))),
+        };
         self.open_files.close_all().await;
         served
     }
