@@ -95,7 +95,11 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// Runs one RPC to its reply, bounded; a transport or RPC-level failure panics.
-fn block<T, E: std::fmt::Debug>(runtime: &tokio::runtime::Runtime, what: &str, call: impl Future<Output = Result<T, E>>) -> T {
+fn block<T, E: std::fmt::Debug>(
+    runtime: &tokio::runtime::Runtime,
+    what: &str,
+    call: impl Future<Output = Result<T, E>>,
+) -> T {
     match runtime.block_on(async { tokio::time::timeout(RPC_TIMEOUT, call).await }) {
         Ok(Ok(reply)) => reply,
         Ok(Err(error)) => panic!("{what}: RPC failed: {error:?}"),
@@ -414,18 +418,28 @@ fn handles_survive_a_gateway_restart_and_the_write_verifier_changes() {
     let mut expected = content.clone();
     expected[..6].copy_from_slice(b"before");
     assert!(
-        session.read_all(&kept).expect("READ with a handle from before the restart") == expected,
+        session
+            .read_all(&kept)
+            .expect("READ with a handle from before the restart")
+            == expected,
         "READ after the restart returned other bytes"
     );
     let again = session
         .lookup(&shared, "kept")
         .unwrap_or_else(|status| panic!("LOOKUP in a directory handle from before the restart: {status:?}"));
-    assert_eq!(again.data.as_ref(), kept.data.as_ref(), "the handle of a file changed across a restart");
+    assert_eq!(
+        again.data.as_ref(),
+        kept.data.as_ref(),
+        "the handle of a file changed across a restart"
+    );
     let (committed, verifier_after) = session
         .write(&kept, 6, b"after")
         .unwrap_or_else(|status| panic!("WRITE with a handle from before the restart: {status:?}"));
     assert_eq!(committed, stable_how::FILE_SYNC);
-    assert_ne!(verifier_before, verifier_after, "the write verifier did not change at the restart");
+    assert_ne!(
+        verifier_before, verifier_after,
+        "the write verifier did not change at the restart"
+    );
     expected[6..11].copy_from_slice(b"after");
     assert!(
         fuse_read(&mount.join("shared/kept")) == expected,
@@ -454,15 +468,25 @@ fn a_file_removed_through_fuse_is_stale_to_a_client_holding_its_handle() {
     fuse("rm through FUSE", move || fs::remove_file(&path).expect("rm doomed"));
     assert_eq!(session.getattr(&doomed).map(|_| ()), Err(nfsstat3::NFS3ERR_STALE));
     assert_eq!(session.read_all(&doomed).map(|_| ()), Err(nfsstat3::NFS3ERR_STALE));
-    assert_eq!(session.write(&doomed, 0, b"x").map(|_| ()), Err(nfsstat3::NFS3ERR_STALE));
-    assert_eq!(session.lookup(&shared, "doomed").map(|_| ()), Err(nfsstat3::NFS3ERR_NOENT));
+    assert_eq!(
+        session.write(&doomed, 0, b"x").map(|_| ()),
+        Err(nfsstat3::NFS3ERR_STALE)
+    );
+    assert_eq!(
+        session.lookup(&shared, "doomed").map(|_| ()),
+        Err(nfsstat3::NFS3ERR_NOENT)
+    );
 
     // A new file under the old name is another file: the old handle stays stale.
     fuse_write(&mount.join("shared/doomed"), b"new content", 0o666);
     assert_eq!(session.getattr(&doomed).map(|_| ()), Err(nfsstat3::NFS3ERR_STALE));
     assert_eq!(session.read_all(&doomed).map(|_| ()), Err(nfsstat3::NFS3ERR_STALE));
     let reborn = session.lookup(&shared, "doomed").expect("LOOKUP the new doomed");
-    assert_ne!(reborn.data.as_ref(), doomed.data.as_ref(), "a new file got the handle of a removed one");
+    assert_ne!(
+        reborn.data.as_ref(),
+        doomed.data.as_ref(),
+        "a new file got the handle of a removed one"
+    );
     assert_eq!(session.read_all(&reborn).expect("READ the new file"), b"new content");
 
     // A removed directory, likewise.
@@ -492,7 +516,9 @@ fn callers_without_permission_get_acces_and_nothing_changes() {
     fuse_mkdir(&mount.join("private"), 0o700);
     fuse_write(&mount.join("private/inside"), b"inside", 0o644);
     let root_for_hash = mount.clone();
-    let before = fuse("hash the mount", move || hash_tree(&root_for_hash).expect("hash the mount"));
+    let before = fuse("hash the mount", move || {
+        hash_tree(&root_for_hash).expect("hash the mount")
+    });
     let gateway = Gateway::start(&cluster);
 
     // uid 1000, and root squashed to 65534: neither may touch these.
@@ -503,11 +529,19 @@ fn callers_without_permission_get_acces_and_nothing_changes() {
         let secret = session.lookup(&open, "secret").expect("LOOKUP secret (0755 directory)");
         let denied = Err(nfsstat3::NFS3ERR_ACCES);
         assert_eq!(session.read_all(&secret).map(|_| ()), denied, "uid {uid}: READ of 0600");
-        assert_eq!(session.write(&secret, 0, b"mine").map(|_| ()), denied, "uid {uid}: WRITE of 0600");
+        assert_eq!(
+            session.write(&secret, 0, b"mine").map(|_| ()),
+            denied,
+            "uid {uid}: WRITE of 0600"
+        );
         assert_eq!(session.truncate(&secret, 0), denied, "uid {uid}: SETATTR size of 0600");
         assert_eq!(session.remove(&open, "secret"), denied, "uid {uid}: REMOVE from 0755");
         let private = session.walk("private").expect("LOOKUP private");
-        assert_eq!(session.lookup(&private, "inside").map(|_| ()), denied, "uid {uid}: LOOKUP in 0700");
+        assert_eq!(
+            session.lookup(&private, "inside").map(|_| ()),
+            denied,
+            "uid {uid}: LOOKUP in 0700"
+        );
         assert_eq!(
             session.readdir_page(&private, 0, cookieverf3::default()).map(|_| ()),
             denied,
@@ -520,14 +554,20 @@ fn callers_without_permission_get_acces_and_nothing_changes() {
             denied,
             "uid {uid}: READDIRPLUS of 0700"
         );
-        assert_eq!(session.remove(&private, "inside"), denied, "uid {uid}: REMOVE from 0700");
+        assert_eq!(
+            session.remove(&private, "inside"),
+            denied,
+            "uid {uid}: REMOVE from 0700"
+        );
         // The attributes stay visible, as on any NFS server.
         let attr = session.getattr(&secret).expect("GETATTR of 0600");
         assert_eq!((attr.mode & 0o7777, attr.uid, attr.size), (0o600, 0, 13));
     }
 
     let root_for_hash = mount.clone();
-    let after = fuse("hash the mount", move || hash_tree(&root_for_hash).expect("hash the mount"));
+    let after = fuse("hash the mount", move || {
+        hash_tree(&root_for_hash).expect("hash the mount")
+    });
     assert_eq!(before, after, "refused calls changed the volume");
     gateway.stop();
     let mut cluster = cluster;
@@ -592,7 +632,12 @@ fn send_raw(port: u16, bytes: &[u8], then_shutdown: bool) -> Answer {
     let mut header = [0u8; 4];
     match stream.read_exact(&mut header) {
         Ok(()) => {}
-        Err(error) if matches!(error.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+        Err(error)
+            if matches!(
+                error.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
             return Answer::Silence
         }
         Err(_) => return Answer::Closed,
@@ -632,8 +677,12 @@ fn still_serves(port: u16, probe: &str, expected: &[u8]) -> Result<(), String> {
     let read = std::thread::spawn(move || {
         let probe = path;
         let mut session = Session::mount(port, USER_UID, USER_GID);
-        let handle = session.walk(&probe).map_err(|status| format!("LOOKUP {probe}: {status:?}"))?;
-        session.read_all(&handle).map_err(|status| format!("READ {probe}: {status:?}"))
+        let handle = session
+            .walk(&probe)
+            .map_err(|status| format!("LOOKUP {probe}: {status:?}"))?;
+        session
+            .read_all(&handle)
+            .map_err(|status| format!("READ {probe}: {status:?}"))
     })
     .join();
     match read {
@@ -676,7 +725,16 @@ fn malformed_rpc_records_are_refused_and_the_gateway_keeps_serving() {
     cases.push(("64 random bytes", record(&random_bytes(64)), false));
     // A call whose credential claims 4 GiB inside a 40-byte record.
     let mut huge_credential = Vec::new();
-    for word in [8, 0, RPC_VERSION, NFS_PROGRAM, NFS_VERSION, NFSPROC3_GETATTR, AUTH_UNIX, 0xffff_fff0] {
+    for word in [
+        8,
+        0,
+        RPC_VERSION,
+        NFS_PROGRAM,
+        NFS_VERSION,
+        NFSPROC3_GETATTR,
+        AUTH_UNIX,
+        0xffff_fff0,
+    ] {
         xdr_u32(&mut huge_credential, word);
     }
     huge_credential.extend_from_slice(&[0; 8]);
@@ -694,7 +752,9 @@ fn malformed_rpc_records_are_refused_and_the_gateway_keeps_serving() {
     for (what, bytes, then_shutdown) in &cases {
         let answer = send_raw(port, bytes, *then_shutdown);
         if answer == Answer::Silence {
-            failures.push(format!("{what}: neither a reply nor a close within {MALFORMED_ANSWER_TIMEOUT:?}"));
+            failures.push(format!(
+                "{what}: neither a reply nor a close within {MALFORMED_ANSWER_TIMEOUT:?}"
+            ));
         }
         if !gateway.is_running() {
             failures.push(format!("{what}: the gateway died\n{}", gateway.log_tail()));
@@ -781,8 +841,15 @@ fn big_dir_names() -> Vec<String> {
 /// Every expected name exactly once, nothing else.
 fn assert_listed_exactly(listing: Listing, names: &BTreeMap<String, usize>, expected: &[String]) {
     let twice: Vec<_> = names.iter().filter(|(_, count)| **count > 1).take(10).collect();
-    assert!(twice.is_empty(), "{listing:?} listed more than once (first 10): {twice:?}");
-    let missing: Vec<_> = expected.iter().filter(|name| !names.contains_key(*name)).take(10).collect();
+    assert!(
+        twice.is_empty(),
+        "{listing:?} listed more than once (first 10): {twice:?}"
+    );
+    let missing: Vec<_> = expected
+        .iter()
+        .filter(|name| !names.contains_key(*name))
+        .take(10)
+        .collect();
     let extra: Vec<_> = names
         .keys()
         .filter(|name| expected.binary_search(name).is_err())
@@ -847,9 +914,16 @@ fn twenty_thousand_entries_with_hard_links_list_exactly_once() {
             added.push(newcomer);
         });
         let twice: Vec<_> = names.iter().filter(|(_, count)| **count > 1).take(10).collect();
-        assert!(twice.is_empty(), "{listing:?} while changing listed more than once: {twice:?}");
+        assert!(
+            twice.is_empty(),
+            "{listing:?} while changing listed more than once: {twice:?}"
+        );
         let stayed: Vec<&String> = expected.iter().filter(|name| !removed.contains(name)).collect();
-        let missing: Vec<_> = stayed.iter().filter(|name| !names.contains_key(**name)).take(10).collect();
+        let missing: Vec<_> = stayed
+            .iter()
+            .filter(|name| !names.contains_key(**name))
+            .take(10)
+            .collect();
         assert!(
             missing.is_empty(),
             "{listing:?} while changing omitted entries that stayed (first 10): {missing:?}"
