@@ -763,11 +763,18 @@ impl Meta {
         if inode.kind != FileKind::File {
             return Err(FsError::Invalid("data written to something other than a file"));
         }
+        // Records changed so far in this call: a later write to the same
+        // chunk lays over what an earlier one made, not over the stored record.
+        let mut changed: BTreeMap<u64, ChunkRecord> = BTreeMap::new();
         for write in writes {
-            let key = keys::chunk(ino, write.index);
-            let mut record = match self.kv.get(&key)? {
-                Some(bytes) => ChunkRecord::decode(&bytes)?,
-                None => ChunkRecord::default(),
+            let record = match changed.entry(write.index) {
+                std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
+                std::collections::btree_map::Entry::Vacant(entry) => {
+                    entry.insert(match self.kv.get(&keys::chunk(ino, write.index))? {
+                        Some(bytes) => ChunkRecord::decode(&bytes)?,
+                        None => ChunkRecord::default(),
+                    })
+                }
             };
             match &write.op {
                 ChunkOp::Replace(extent) => {
@@ -788,7 +795,9 @@ impl Meta {
                     record.extents.push(extent.clone());
                 }
             }
-            txn.batch.put(key, record.encode());
+        }
+        for (index, record) in changed {
+            txn.batch.put(keys::chunk(ino, index), record.encode());
         }
         inode.size = inode.size.max(size_at_least);
         inode.mtime = mtime;

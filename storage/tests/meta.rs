@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sohofs_format::messages::{ChunkOp, ChunkWrite, NewInode};
+use sohofs_format::messages::{ChunkOp, ChunkWrite, NewInode, SetAttr};
 use sohofs_format::{
     ChunkRecord, Extent, FileKind, Ino, Inode, NodeId, NodeRecord, Piece, PieceBody, ShardLoc, FIRST_ENTRY_SEQ,
     ROOT_INO,
@@ -678,6 +678,149 @@ fn xattr_flags(backend: Backend) {
     assert_eq!(meta.list_xattr(g.ino), Err(FsError::NotFound));
 }
 
+fn setattr_shrink_trims_and_grow_reads_zeros(backend: Backend) {
+    let (_store, meta) = new_meta(backend);
+    let f = file(&meta, ROOT_INO, "f");
+    let chunk = CHUNK_BYTES as u64;
+    commit(
+        &meta,
+        f.ino,
+        vec![
+            replace(0, striped(0x10, 0, CHUNK_BYTES, &ALL_NODES)),
+            replace(1, striped(0x11, 0, CHUNK_BYTES, &ALL_NODES)),
+            overlay(1, striped(0x12, 1000, 2000, &ALL_NODES)),
+            overlay(1, striped(0x13, 5000, 100, &ALL_NODES)),
+            replace(2, striped(0x20, 0, CHUNK_BYTES, &ALL_NODES)),
+            overlay(3, striped(0x30, 10, 20, &ALL_NODES)),
+        ],
+        3 * chunk + 30,
+    );
+    assert_eq!(meta.inode(f.ino).unwrap().size, 3 * chunk + 30);
+    let shrunk = meta
+        .set_attr(
+            f.ino,
+            &SetAttr {
+                size: Some(chunk + 2000),
+                ..SetAttr::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(shrunk.size, chunk + 2000);
+    let after = records(&meta, f.ino);
+    assert_eq!(after.keys().copied().collect::<BTreeSet<_>>(), BTreeSet::from([0, 1]));
+    assert_eq!(extents(&after[&0]), vec![(0, CHUNK_BYTES, 0x10)]);
+    // The boundary chunk keeps only its first 2000 bytes: extents end there.
+    assert_eq!(extents(&after[&1]), vec![(0, 2000, 0x11), (1000, 1000, 0x12)]);
+    for gone in [0x13, 0x20, 0x30] {
+        assert_eq!(queued(&meta, gone), all_shards_of(&ALL_NODES), "piece {gone:x}");
+    }
+    for kept in [0x10, 0x11, 0x12] {
+        assert!(queued(&meta, kept).is_empty(), "piece {kept:x}");
+    }
+    // Growing again adds no data: the new range is a hole.
+    let grown = meta
+        .set_attr(
+            f.ino,
+            &SetAttr {
+                size: Some(4 * chunk),
+                ..SetAttr::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(grown.size, 4 * chunk);
+    assert_eq!(records(&meta, f.ino), after);
+    // A shrink to a chunk boundary drops that chunk whole.
+    meta.set_attr(
+        f.ino,
+        &SetAttr {
+            size: Some(chunk),
+            ..SetAttr::default()
+        },
+    )
+    .unwrap();
+    let at_boundary = records(&meta, f.ino);
+    assert_eq!(at_boundary.keys().copied().collect::<Vec<_>>(), vec![0]);
+    assert_eq!(queued(&meta, 0x11), all_shards_of(&ALL_NODES));
+    assert_eq!(queued(&meta, 0x12), all_shards_of(&ALL_NODES));
+    meta.set_attr(
+        f.ino,
+        &SetAttr {
+            size: Some(0),
+            ..SetAttr::default()
+        },
+    )
+    .unwrap();
+    assert!(records(&meta, f.ino).is_empty());
+    assert_eq!(queued(&meta, 0x10), all_shards_of(&ALL_NODES));
+    let d = dir(&meta, ROOT_INO, "d");
+    assert_eq!(
+        meta.set_attr(
+            d.ino,
+            &SetAttr {
+                size: Some(0),
+                ..SetAttr::default()
+            }
+        ),
+        Err(FsError::IsDir)
+    );
+}
+
+fn commit_overlay_releases_hidden_extents(backend: Backend) {
+    let (_store, meta) = new_meta(backend);
+    let f = file(&meta, ROOT_INO, "f");
+    commit(
+        &meta,
+        f.ino,
+        vec![
+            overlay(2, striped(0x1, 100, 100, &ALL_NODES)),
+            overlay(2, striped(0x2, 150, 100, &ALL_NODES)),
+            overlay(2, striped(0x3, 1000, 10, &ALL_NODES)),
+        ],
+        0,
+    );
+    assert_eq!(
+        meta.inode(f.ino).unwrap().size,
+        0,
+        "size_at_least is the caller's to say"
+    );
+    // [0, 200) hides piece 1 entirely and piece 2 only in part.
+    let size = commit(
+        &meta,
+        f.ino,
+        vec![overlay(2, striped(0x4, 0, 200, &ALL_NODES))],
+        2 * 65536 + 1010,
+    )
+    .size;
+    assert_eq!(size, 2 * 65536 + 1010);
+    assert_eq!(
+        extents(&records(&meta, f.ino)[&2]),
+        vec![(150, 100, 0x2), (1000, 10, 0x3), (0, 200, 0x4)]
+    );
+    assert_eq!(queued(&meta, 0x1), all_shards_of(&ALL_NODES));
+    assert!(queued(&meta, 0x2).is_empty() && queued(&meta, 0x3).is_empty());
+    // Replace releases everything.
+    commit(
+        &meta,
+        f.ino,
+        vec![replace(2, striped(0x5, 0, CHUNK_BYTES, &ALL_NODES))],
+        0,
+    );
+    assert_eq!(extents(&records(&meta, f.ino)[&2]), vec![(0, CHUNK_BYTES, 0x5)]);
+    for piece in [0x2, 0x3, 0x4] {
+        assert_eq!(queued(&meta, piece), all_shards_of(&ALL_NODES));
+    }
+    assert_eq!(
+        meta.inode(f.ino).unwrap().size,
+        2 * 65536 + 1010,
+        "size never shrinks on commit"
+    );
+    let d = dir(&meta, ROOT_INO, "d");
+    assert!(matches!(
+        meta.commit_write(d.ino, &[overlay(0, inline(0x9, 5))], 5, 0),
+        Err(FsError::Invalid(_))
+    ));
+}
+
 fn unlinked_open_file_is_an_orphan_until_released(backend: Backend) {
     let (_store, meta) = new_meta(backend);
     let f = file(&meta, ROOT_INO, "f");
@@ -830,6 +973,8 @@ both_stores!(
     readdir_pages_in_sequence_order,
     readdir_under_concurrent_churn,
     xattr_flags,
+    setattr_shrink_trims_and_grow_reads_zeros,
+    commit_overlay_releases_hidden_extents,
     unlinked_open_file_is_an_orphan_until_released,
     orphan_is_purged_when_meta_reopens,
     status_counts_with_node_liveness,
