@@ -661,24 +661,34 @@ impl Meta {
             return Err(FsError::NotDir);
         }
         let limit = limit.clamp(1, READDIR_ENTRIES_MAX) as usize;
-        let after = keys::dir_seq(dir, after_seq);
+        let prefix = keys::dir_seq_prefix(dir);
+        let mut after = keys::dir_seq(dir, after_seq);
         let mut entries = Vec::with_capacity(limit);
-        for (key, name) in self.kv.scan(&keys::dir_seq_prefix(dir), Some(&after), limit)? {
-            let seq = keys::dir_seq_of(&key).ok_or_else(|| FsError::Corrupt("short readdir key".into()))?;
-            // The index and the dentry are written in one batch; a missing
-            // dentry would be corruption, skipping it keeps listing usable.
-            let Some(entry) = self.dentry(dir, &name)? else {
-                tracing::warn!(dir, seq, "readdir index entry without a dentry");
-                continue;
-            };
-            entries.push(DirEntry {
-                name,
-                ino: entry.ino,
-                kind: entry.kind,
-                seq,
-            });
+        // Listing takes no lock: between the index scan and the dentry reads
+        // an entry may be removed, or removed and made again under a later
+        // sequence number. Such an index entry is stale and skipped (the
+        // entry is listed at its current number, if at all), and the scan
+        // goes on so that a page of stale entries is not taken for the end.
+        loop {
+            let scanned = self.kv.scan(&prefix, Some(&after), limit - entries.len())?;
+            let exhausted = scanned.len() < limit - entries.len();
+            for (key, name) in scanned {
+                let seq = keys::dir_seq_of(&key).ok_or_else(|| FsError::Corrupt("short readdir key".into()))?;
+                after = key;
+                match self.dentry(dir, &name)? {
+                    Some(entry) if entry.seq == seq => entries.push(DirEntry {
+                        name,
+                        ino: entry.ino,
+                        kind: entry.kind,
+                        seq,
+                    }),
+                    _ => tracing::debug!(dir, seq, "readdir index entry changed under the scan"),
+                }
+            }
+            if exhausted || entries.len() >= limit {
+                return Ok(entries);
+            }
         }
-        Ok(entries)
     }
 
     pub fn get_xattr(&self, ino: Ino, name: &[u8]) -> FsResult<Vec<u8>> {

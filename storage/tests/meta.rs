@@ -2,8 +2,8 @@
 //! stores (in memory and RocksDB in a temporary directory). Each case asserts
 //! the values meta keeps, not just that calls succeed.
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sohofs_format::messages::{ChunkOp, ChunkWrite, NewInode, SetAttr};
@@ -11,7 +11,7 @@ use sohofs_format::{
     ChunkRecord, Extent, FileKind, Ino, Inode, NodeId, NodeRecord, Piece, PieceBody, ShardLoc, FIRST_ENTRY_SEQ,
     ROOT_INO,
 };
-use sohofs_storage::kv::{KvStore, MemKv, RocksKv};
+use sohofs_storage::kv::{Batch, KvStore, MemKv, RocksKv};
 use sohofs_storage::meta::{Meta, VolumeParams};
 use sohofs_storage::FsError;
 
@@ -594,6 +594,97 @@ fn readdir_pages_in_sequence_order(backend: Backend) {
     assert!(seen.windows(2).all(|w| w[0].2 < w[1].2));
 }
 
+/// A store that runs a hook right after the next readdir index scan: the
+/// moment another client may change the directory under a listing.
+struct RacingKv {
+    inner: Arc<dyn KvStore>,
+    hook: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+impl KvStore for RacingKv {
+    fn get(&self, key: &[u8]) -> sohofs_storage::FsResult<Option<Vec<u8>>> {
+        self.inner.get(key)
+    }
+
+    fn scan(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> sohofs_storage::FsResult<Vec<(Vec<u8>, Vec<u8>)>> {
+        let found = self.inner.scan(prefix, after, limit)?;
+        if prefix.first() == Some(&b'S') {
+            let hook = self.hook.lock().unwrap().take();
+            if let Some(hook) = hook {
+                hook();
+            }
+        }
+        Ok(found)
+    }
+
+    fn write(&self, batch: Batch) -> sohofs_storage::FsResult<()> {
+        self.inner.write(batch)
+    }
+}
+
+fn racing_meta(store: &Store) -> (Arc<RacingKv>, Arc<Meta>) {
+    let racing = Arc::new(RacingKv {
+        inner: store.kv(),
+        hook: Mutex::new(None),
+    });
+    let meta = Arc::new(Meta::open(racing.clone(), Some(params()), DOWN_AFTER).unwrap());
+    (racing, meta)
+}
+
+fn readdir_during_recreate_lists_no_entry_twice(backend: Backend) {
+    let store = Store::new(backend);
+    let (racing, meta) = racing_meta(&store);
+    let d = dir(&meta, ROOT_INO, "d");
+    file(&meta, d.ino, "a");
+    file(&meta, d.ino, "x");
+    file(&meta, d.ino, "z");
+    // Between the index scan and the dentry reads, `x` is unlinked and made
+    // again: it now sits at a later sequence number.
+    let racer = meta.clone();
+    let parent = d.ino;
+    *racing.hook.lock().unwrap() = Some(Box::new(move || {
+        racer.unlink(parent, b"x").unwrap();
+        file(&racer, parent, "x");
+    }));
+    let listing = list(&meta, d.ino, 2);
+    let again = meta.lookup(d.ino, b"x").unwrap();
+    let mut pairs = HashSet::new();
+    for (name, ino, _) in &listing {
+        assert!(pairs.insert((name.clone(), *ino)), "{name:?} listed twice: {listing:?}");
+    }
+    assert!(listing.windows(2).all(|w| w[0].2 < w[1].2));
+    // Each listed (name, seq) is what the dentry says.
+    for (name, ino, seq) in &listing {
+        if name == b"x" {
+            assert_eq!((*ino, *seq), (again.ino, FIRST_ENTRY_SEQ + 3));
+        }
+    }
+    assert_eq!(names(&listing), vec!["a", "z", "x"]);
+}
+
+fn readdir_page_of_vanished_entries_is_not_the_end(backend: Backend) {
+    let store = Store::new(backend);
+    let (racing, meta) = racing_meta(&store);
+    let d = dir(&meta, ROOT_INO, "d");
+    file(&meta, d.ino, "gone");
+    file(&meta, d.ino, "stays");
+    let racer = meta.clone();
+    let parent = d.ino;
+    *racing.hook.lock().unwrap() = Some(Box::new(move || racer.unlink(parent, b"gone").unwrap()));
+    // The first page's only index entry vanishes under the scan; an empty
+    // page would tell the caller that the directory ends here.
+    let page = meta.read_dir(d.ino, 0, 1).unwrap();
+    assert_eq!(
+        page.iter().map(|e| e.name.clone()).collect::<Vec<_>>(),
+        vec![b"stays".to_vec()]
+    );
+}
+
 fn readdir_under_concurrent_churn(backend: Backend) {
     let (_store, meta) = new_meta(backend);
     let meta = Arc::new(meta);
@@ -971,6 +1062,8 @@ both_stores!(
     parent_nlink_after_cross_directory_moves,
     hard_links,
     readdir_pages_in_sequence_order,
+    readdir_during_recreate_lists_no_entry_twice,
+    readdir_page_of_vanished_entries_is_not_the_end,
     readdir_under_concurrent_churn,
     xattr_flags,
     setattr_shrink_trims_and_grow_reads_zeros,
