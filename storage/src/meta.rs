@@ -786,6 +786,14 @@ impl Meta {
                     })
                 }
             };
+            let (ChunkOp::Replace(extent) | ChunkOp::Overlay(extent)) = &write.op;
+            // Piece ids are unique; a record that holds this piece already
+            // took this write. A client that lost the answer (meta restarted
+            // after the batch) sends it again: releasing the extents it
+            // hides would queue the piece's own shards for deletion.
+            if record.extents.iter().any(|old| old.piece.id == extent.piece.id) {
+                continue;
+            }
             match &write.op {
                 ChunkOp::Replace(extent) => {
                     for old in std::mem::take(&mut record.extents) {

@@ -912,6 +912,23 @@ fn commit_overlay_releases_hidden_extents(backend: Backend) {
     ));
 }
 
+fn replayed_commit_keeps_its_shards(backend: Backend) {
+    // A client retries a commit whose answer it lost (meta restarted after
+    // the write batch): the replay must not release the piece it lays again.
+    let (_store, meta) = new_meta(backend);
+    let f = file(&meta, ROOT_INO, "f");
+    let write = overlay(0, striped(0x77, 100, 50, &ALL_NODES));
+    commit(&meta, f.ino, vec![write.clone()], 150);
+    commit(&meta, f.ino, vec![write], 150);
+    assert_eq!(extents(&records(&meta, f.ino)[&0]), vec![(100, 50, 0x77)]);
+    assert!(queued(&meta, 0x77).is_empty());
+    let whole = replace(1, striped(0x78, 0, CHUNK_BYTES, &ALL_NODES));
+    commit(&meta, f.ino, vec![whole.clone()], 2 * 65536);
+    commit(&meta, f.ino, vec![whole], 2 * 65536);
+    assert_eq!(extents(&records(&meta, f.ino)[&1]), vec![(0, CHUNK_BYTES, 0x78)]);
+    assert!(queued(&meta, 0x78).is_empty());
+}
+
 fn unlinked_open_file_is_an_orphan_until_released(backend: Backend) {
     let (_store, meta) = new_meta(backend);
     let f = file(&meta, ROOT_INO, "f");
@@ -1068,6 +1085,7 @@ both_stores!(
     xattr_flags,
     setattr_shrink_trims_and_grow_reads_zeros,
     commit_overlay_releases_hidden_extents,
+    replayed_commit_keeps_its_shards,
     unlinked_open_file_is_an_orphan_until_released,
     orphan_is_purged_when_meta_reopens,
     status_counts_with_node_liveness,
