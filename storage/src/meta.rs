@@ -240,6 +240,27 @@ fn check_new_name(name: &[u8]) -> FsResult<()> {
     Ok(())
 }
 
+/// An extent comes from a client: it must lie inside its chunk and show
+/// only bytes its piece holds, or readers would index past their buffers.
+fn check_extent(extent: &Extent, chunk_bytes: u32) -> FsResult<()> {
+    let in_chunk = extent
+        .offset
+        .checked_add(extent.len)
+        .is_some_and(|end| end <= chunk_bytes);
+    if !in_chunk {
+        return Err(FsError::Invalid("extent reaches past its chunk"));
+    }
+    let in_piece = extent
+        .offset
+        .checked_sub(extent.piece.base)
+        .and_then(|from| from.checked_add(extent.len))
+        .is_some_and(|to| to <= extent.piece.plain_len);
+    if !in_piece {
+        return Err(FsError::Invalid("extent shows bytes outside its piece"));
+    }
+    Ok(())
+}
+
 fn resolve_time(time: TimeSet, now: TimeNs) -> TimeNs {
     match time {
         TimeSet::Now => now,
@@ -787,6 +808,7 @@ impl Meta {
                 }
             };
             let (ChunkOp::Replace(extent) | ChunkOp::Overlay(extent)) = &write.op;
+            check_extent(extent, self.volume.chunk_bytes)?;
             // Piece ids are unique; a record that holds this piece already
             // took this write. A client that lost the answer (meta restarted
             // after the batch) sends it again: releasing the extents it

@@ -929,6 +929,36 @@ fn replayed_commit_keeps_its_shards(backend: Backend) {
     assert!(queued(&meta, 0x78).is_empty());
 }
 
+fn commit_refuses_extents_outside_chunk_or_piece(backend: Backend) {
+    let (_store, meta) = new_meta(backend);
+    let f = file(&meta, ROOT_INO, "f");
+    commit(&meta, f.ino, vec![overlay(0, striped(0x1, 0, 100, &ALL_NODES))], 100);
+    let before = records(&meta, f.ino);
+    let overflowing = striped(0x2, u32::MAX - 5, 10, &ALL_NODES);
+    let past_chunk = striped(0x3, CHUNK_BYTES - 5, 10, &ALL_NODES);
+    let mut before_base = striped(0x4, 100, 10, &ALL_NODES);
+    before_base.piece.base = 200;
+    let mut past_piece = striped(0x5, 100, 10, &ALL_NODES);
+    past_piece.piece.plain_len = 5;
+    for bad in [overflowing, past_chunk, before_base, past_piece] {
+        let id = bad.piece.id;
+        // The bad write comes after a good one: the call is refused whole.
+        let writes = [overlay(1, striped(0x9, 0, 10, &ALL_NODES)), overlay(0, bad)];
+        assert!(
+            matches!(meta.commit_write(f.ino, &writes, 1 << 20, 0), Err(FsError::Invalid(_))),
+            "piece {id:x}"
+        );
+    }
+    assert_eq!(records(&meta, f.ino), before);
+    assert_eq!(meta.inode(f.ino).unwrap().size, 100);
+    // An extent may show part of its piece.
+    let mut window = striped(0x6, 10, 20, &ALL_NODES);
+    window.piece.base = 5;
+    window.piece.plain_len = 40;
+    commit(&meta, f.ino, vec![overlay(0, window)], 100);
+    assert_eq!(extents(&records(&meta, f.ino)[&0]), vec![(0, 100, 0x1), (10, 20, 0x6)]);
+}
+
 fn unlinked_open_file_is_an_orphan_until_released(backend: Backend) {
     let (_store, meta) = new_meta(backend);
     let f = file(&meta, ROOT_INO, "f");
@@ -1086,6 +1116,7 @@ both_stores!(
     setattr_shrink_trims_and_grow_reads_zeros,
     commit_overlay_releases_hidden_extents,
     replayed_commit_keeps_its_shards,
+    commit_refuses_extents_outside_chunk_or_piece,
     unlinked_open_file_is_an_orphan_until_released,
     orphan_is_purged_when_meta_reopens,
     status_counts_with_node_liveness,
