@@ -115,10 +115,24 @@ pub trait Handler: Send + Sync + 'static {
     fn handle(&self, body: Vec<u8>, data: Bytes) -> impl std::future::Future<Output = (Vec<u8>, Bytes)> + Send;
 }
 
-/// Serves `handler` on `listener` until the task is dropped.
+/// Serves `handler` on `listener` until the future is dropped.
+///
+/// Connection tasks belong to the server: they live in a set that aborts them
+/// when the future is dropped, so a stopped server (its task aborted) answers
+/// nothing more, not even on connections it had accepted before. An abort
+/// takes effect at the task's next poll; a connection that is being polled
+/// at that moment sees that the server is gone before it takes another
+/// request.
 pub async fn serve<H: Handler>(listener: TcpListener, handler: Arc<H>) {
+    let alive = Arc::new(());
+    let mut connections = tokio::task::JoinSet::new();
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            // Reap finished connections so that the set does not grow.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(error) => {
                 tracing::warn!(%error, "accept failed");
@@ -127,31 +141,39 @@ pub async fn serve<H: Handler>(listener: TcpListener, handler: Arc<H>) {
             }
         };
         stream.set_nodelay(true).ok();
-        let handler = handler.clone();
-        tokio::spawn(async move {
-            let mut stream = wrap(stream);
-            loop {
-                let frame = match read_frame(&mut stream).await {
-                    Ok(Some(frame)) => frame,
-                    Ok(None) => break,
-                    Err(error) => {
-                        tracing::debug!(%peer, %error, "closing connection after a bad frame");
-                        break;
-                    }
-                };
-                if frame.header.kind != FrameKind::Request {
-                    tracing::debug!(%peer, "closing connection: response frame sent to a server");
-                    break;
-                }
-                let (body, data) = handler.handle(frame.body, frame.data).await;
-                if let Err(error) =
-                    write_frame(&mut stream, FrameKind::Response, frame.header.request_id, &body, &data).await
-                {
-                    tracing::debug!(%peer, %error, "closing connection after a failed reply");
-                    break;
-                }
+        connections.spawn(serve_connection(stream, peer, handler.clone(), Arc::downgrade(&alive)));
+    }
+}
+
+/// Answers requests on one connection, one at a time, until it closes.
+async fn serve_connection<H: Handler>(
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+    handler: Arc<H>,
+    server_alive: std::sync::Weak<()>,
+) {
+    let mut stream = wrap(stream);
+    loop {
+        let frame = match read_frame(&mut stream).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(error) => {
+                tracing::debug!(%peer, %error, "closing connection after a bad frame");
+                break;
             }
-        });
+        };
+        if server_alive.strong_count() == 0 {
+            break;
+        }
+        if frame.header.kind != FrameKind::Request {
+            tracing::debug!(%peer, "closing connection: response frame sent to a server");
+            break;
+        }
+        let (body, data) = handler.handle(frame.body, frame.data).await;
+        if let Err(error) = write_frame(&mut stream, FrameKind::Response, frame.header.request_id, &body, &data).await {
+            tracing::debug!(%peer, %error, "closing connection after a failed reply");
+            break;
+        }
     }
 }
 

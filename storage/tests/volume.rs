@@ -38,6 +38,7 @@ fn free_addr() -> String {
 struct TestNode {
     id: u64,
     dir: tempfile::TempDir,
+    addr: String,
     task: JoinHandle<std::io::Result<()>>,
 }
 
@@ -89,7 +90,7 @@ impl Cluster {
             let dir = tempfile::tempdir().unwrap();
             let addr = free_addr();
             let task = cluster.spawn_node(id, dir.path(), &addr);
-            cluster.nodes.push(TestNode { id, dir, task });
+            cluster.nodes.push(TestNode { id, dir, addr, task });
         }
         cluster.wait_up(NODES as usize).await;
         cluster
@@ -127,6 +128,18 @@ impl Cluster {
         })
         .await
         .unwrap()
+    }
+
+    /// Switches a node off: its listener and every connection close.
+    async fn stop_node(&self, id: u64) {
+        let node = self.nodes.iter().find(|n| n.id == id).unwrap();
+        node.task.abort();
+        // Wait until the port refuses connections.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while tokio::net::TcpStream::connect(&node.addr).await.is_ok() {
+            assert!(Instant::now() < deadline, "node {id} still accepts connections");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     fn shard_path(&self, node_id: u64, piece_id: u128, index: usize) -> PathBuf {
@@ -486,6 +499,67 @@ async fn file_of_chunks(cluster: &Cluster, name: &str, chunks: usize, seed: u64)
     let data = random_bytes(&mut StdRng::seed_from_u64(seed), chunks * CHUNK as usize + 777);
     let ino = write_file(&volume, name, &data).await;
     (ino, data)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_survive_two_nodes_down_and_fail_cleanly_with_three() {
+    let cluster = Cluster::start(MetaStore::Rocks).await;
+    let volume = cluster.volume().await;
+    let data = random_bytes(&mut StdRng::seed_from_u64(3), 5 * CHUNK as usize + 777);
+    let ino = write_file(&volume, "f", &data).await;
+    // The same client keeps pooled connections to every node.
+    volume.open(ino).await.unwrap();
+    assert_same("all up", &read_all(&volume, ino).await, &data);
+    volume.release(ino).await.unwrap();
+
+    cluster.stop_node(1).await;
+    cluster.stop_node(4).await;
+    for client in [&volume, &cluster.volume().await] {
+        client.open(ino).await.unwrap();
+        assert_same("two nodes down", &read_all(client, ino).await, &data);
+        client.release(ino).await.unwrap();
+    }
+
+    cluster.stop_node(6).await;
+    for client in [&volume, &cluster.volume().await] {
+        client.open(ino).await.unwrap();
+        let started = Instant::now();
+        let result = client.read(ino, 0, CHUNK).await;
+        assert!(
+            matches!(result, Err(FsError::Io(_) | FsError::Unavailable(_))),
+            "three nodes down: {:?}",
+            result.map(|bytes| bytes.len())
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            started.elapsed()
+        );
+        client.release(ino).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_node_serves_no_open_connection() {
+    let cluster = Cluster::start(MetaStore::Memory).await;
+    let client = sohofs_storage::peers::NodeClient::new(cluster.nodes[0].addr.clone(), Default::default());
+    let key = sohofs_storage::shard_store::ShardKey {
+        piece_id: 1,
+        shard_index: 0,
+    };
+    client.put_shard(key, b"payload").await.unwrap();
+    // Concurrent calls leave several connections in the client's pool.
+    let gets = futures::future::join_all((0..4).map(|_| client.get_shard(key))).await;
+    assert!(gets.iter().all(|got| got.as_ref().unwrap().as_ref() == b"payload"));
+    cluster.stop_node(1).await;
+    // Every pooled connection must be gone with the node.
+    for attempt in 0..4 {
+        let after = client.get_shard(key).await;
+        assert!(
+            matches!(after, Err(FsError::Unavailable(_))),
+            "attempt {attempt}: {after:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
