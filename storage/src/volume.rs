@@ -920,6 +920,8 @@ impl Volume {
         }
         let durable = placed.iter().filter(|p| p.is_some()).count();
         if durable < quorum {
+            // No record will ever name these shards: take them back now.
+            self.discard_shards(piece_id, &placed).await;
             return Err(FsError::Io(format!(
                 "only {durable} of {width} shards could be written; the write quorum is {quorum}"
             )));
@@ -929,6 +931,26 @@ impl Volume {
             .zip(hashes)
             .map(|(node, hash)| ShardLoc { node, hash })
             .collect())
+    }
+
+    /// Deletes, best effort, the shards of a piece that was never committed
+    /// (`placed[i]` is where shard i went). What is left is an orphan that
+    /// only a scrub would find.
+    async fn discard_shards(&self, piece_id: u128, placed: &[Option<NodeId>]) {
+        let deletes = placed.iter().enumerate().filter_map(|(index, node)| {
+            let node = (*node)?;
+            let (client, _) = self.node_client(node)?;
+            let shard = ShardKey {
+                piece_id,
+                shard_index: index as u8,
+            };
+            Some(async move {
+                if let Err(error) = client.delete_shard(shard).await {
+                    tracing::debug!(node, %error, "cannot take back an uncommitted shard");
+                }
+            })
+        });
+        futures::future::join_all(deletes).await;
     }
 
     fn put_one(

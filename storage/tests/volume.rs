@@ -607,6 +607,36 @@ async fn corrupt_shards_are_rebuilt_from_parity() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_below_the_quorum_fail_and_commit_nothing() {
+    let cluster = Cluster::start(MetaStore::Memory).await;
+    let volume = cluster.volume().await;
+    let (ino, data) = file_of_chunks(&cluster, "f", 2, 9).await;
+    let before_records = cluster.records(ino);
+    let before_size = cluster.meta.inode(ino).unwrap().size;
+    cluster.stop_node(2).await;
+    cluster.stop_node(5).await;
+    let shards_before = cluster.shard_files();
+    // Four hosts are left; a stripe needs five durable shards.
+    volume.open(ino).await.unwrap();
+    let overwrite = vec![0xAB; CHUNK as usize];
+    volume.write(ino, 0, &overwrite).await.unwrap();
+    volume.write(ino, data.len() as u64, &overwrite).await.unwrap();
+    let error = volume.fsync(ino).await.unwrap_err();
+    assert!(
+        matches!(&error, FsError::Io(m) | FsError::Unavailable(m) if m.contains("quorum")),
+        "{error:?}"
+    );
+    assert_eq!(cluster.records(ino), before_records, "nothing committed");
+    assert_eq!(cluster.meta.inode(ino).unwrap().size, before_size);
+    assert_eq!(cluster.shard_files(), shards_before, "no shard left behind");
+    volume.release(ino).await.ok();
+    let fresh = cluster.volume().await;
+    fresh.open(ino).await.unwrap();
+    assert_same("old data intact", &read_all(&fresh, ino).await, &data);
+    fresh.release(ino).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unlinked_file_lives_while_open() {
     let cluster = Cluster::start(MetaStore::Rocks).await;
     let volume = cluster.volume().await;
