@@ -1024,15 +1024,23 @@ impl Volume {
     /// A chunk as this client sees it: committed data with uncommitted spans
     /// laid over it.
     async fn chunk_view(&self, ino: Ino, file: &Arc<OpenFile>, index: u64) -> FsResult<Arc<Vec<u8>>> {
+        // What is not committed yet is taken before what is: a span whose
+        // flush commits meanwhile is then in the snapshot, or in the committed
+        // data, or both -- never in neither. The state lock keeps a dirty span
+        // from moving to the flush list while the snapshot is taken.
+        let (in_flight, dirty) = {
+            let state = file.state.lock().await;
+            let in_flight: Vec<Arc<Span>> = file
+                .book()
+                .pending
+                .get(&index)
+                .map(|list| list.iter().map(|p| p.span.clone()).collect())
+                .unwrap_or_default();
+            // Copied: the span keeps growing once the lock is let go.
+            let dirty = state.spans.get(&index).map(|span| (span.offset, span.data.clone()));
+            (in_flight, dirty)
+        };
         let committed = self.committed_chunk(ino, file, index).await?;
-        let in_flight: Vec<Arc<Span>> = file
-            .book()
-            .pending
-            .get(&index)
-            .map(|list| list.iter().map(|p| p.span.clone()).collect())
-            .unwrap_or_default();
-        let state = file.state.lock().await;
-        let dirty = state.spans.get(&index);
         if in_flight.is_empty() && dirty.is_none() {
             return Ok(committed);
         }
@@ -1047,8 +1055,8 @@ impl Volume {
         for span in &in_flight {
             lay(span.offset, &span.data);
         }
-        if let Some(span) = dirty {
-            lay(span.offset, &span.data);
+        if let Some((offset, data)) = &dirty {
+            lay(*offset, data);
         }
         Ok(Arc::new(view))
     }

@@ -666,3 +666,34 @@ async fn unlinked_file_lives_while_open() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_while_a_flush_commits_sees_the_write() {
+    // A read that decodes a chunk's committed data while the flush of a
+    // newer span of that chunk commits must still show the span.
+    const CHUNKS: u64 = 4;
+    let cluster = Cluster::start(MetaStore::Memory).await;
+    let volume = cluster.volume().await;
+    let mut rng = StdRng::seed_from_u64(19);
+    let data = random_bytes(&mut rng, (CHUNKS * CHUNK as u64) as usize);
+    let ino = write_file(&volume, "f", &data).await;
+    let mut model = Model { data };
+    for round in 0..60u64 {
+        // A fresh open drops the decoded chunks: the read below decodes.
+        volume.open(ino).await.unwrap();
+        let index = rng.gen_range(0..CHUNKS);
+        let offset = (index * CHUNK as u64) as usize;
+        let bytes = random_bytes(&mut rng, CHUNK as usize);
+        volume.write(ino, offset as u64, &bytes).await.unwrap();
+        model.write(offset, &bytes);
+        let pause = rng.gen_range(0..10_000);
+        tokio::time::sleep(Duration::from_micros(pause)).await;
+        let got = volume.read(ino, offset as u64, CHUNK).await.unwrap();
+        assert_same(
+            &format!("round {round}, after {pause} µs"),
+            &got,
+            model.read(offset, CHUNK as usize),
+        );
+        volume.release(ino).await.unwrap();
+    }
+}
