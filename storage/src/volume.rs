@@ -771,6 +771,11 @@ impl Volume {
             mtime,
         })
         .await?;
+        self.fetch_record(ino, index).await
+    }
+
+    /// Meta's record of chunk `index` (empty for a hole).
+    async fn fetch_record(&self, ino: Ino, index: u64) -> FsResult<ChunkRecord> {
         let records = match self
             .meta(MetaRequest::ReadChunks {
                 ino,
@@ -1095,6 +1100,29 @@ impl Volume {
 
     async fn committed_chunk(&self, ino: Ino, file: &Arc<OpenFile>, index: u64) -> FsResult<Arc<Vec<u8>>> {
         let record = self.chunk_record(ino, file, index).await?;
+        match self.decode_record(ino, index, record.clone()).await {
+            // The record this client holds may be older than the chunk: another
+            // client replaced it and the collector deleted the shards the old
+            // record names. Meta's record, if it is another, is read instead.
+            Err(error) if error.is_transient() => {
+                let current = self.fetch_record(ino, index).await?;
+                if current == record {
+                    return Err(error);
+                }
+                {
+                    let mut book = file.book();
+                    if book.records.get(&index) == Some(&record) {
+                        book.records.insert(index, current.clone());
+                    }
+                }
+                self.decode_record(ino, index, current).await
+            }
+            done => done,
+        }
+    }
+
+    /// The plaintext of a chunk `record`, from the cache or decoded.
+    async fn decode_record(&self, ino: Ino, index: u64, record: ChunkRecord) -> FsResult<Arc<Vec<u8>>> {
         if record.extents.is_empty() {
             return Ok(Arc::new(Vec::new()));
         }

@@ -697,3 +697,39 @@ async fn read_while_a_flush_commits_sees_the_write() {
         volume.release(ino).await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reader_with_an_old_record_reads_after_its_shards_are_collected() {
+    // A client opened the file before another rewrote a chunk; the
+    // collector then deleted the old shards that its record still names.
+    // Close-to-open lets it read old or new bytes -- not fail.
+    let cluster = Cluster::start(MetaStore::Memory).await;
+    let (ino, mut data) = file_of_chunks(&cluster, "f", 4, 23).await;
+    let reader = cluster.volume().await;
+    reader.open(ino).await.unwrap();
+    assert_same(
+        "chunk 0",
+        &reader.read(ino, 0, CHUNK).await.unwrap(),
+        &data[..CHUNK as usize],
+    );
+    let writer = cluster.volume().await;
+    writer.open(ino).await.unwrap();
+    let new_chunk = vec![0x5A; CHUNK as usize];
+    let offset = 3 * CHUNK as usize;
+    writer.write(ino, offset as u64, &new_chunk).await.unwrap();
+    writer.release(ino).await.unwrap();
+    let old_chunk = data[offset..offset + CHUNK as usize].to_vec();
+    data[offset..offset + CHUNK as usize].copy_from_slice(&new_chunk);
+    let live_shards = 6 * 5; // four whole chunks and a short fifth
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cluster.shard_files() > live_shards {
+        assert!(Instant::now() < deadline, "{} shard files", cluster.shard_files());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let got = reader.read(ino, offset as u64, CHUNK).await.unwrap();
+    assert!(got == new_chunk || got == old_chunk, "neither old nor new bytes");
+    reader.release(ino).await.unwrap();
+    reader.open(ino).await.unwrap();
+    assert_same("after reopen", &read_all(&reader, ino).await, &data);
+    reader.release(ino).await.unwrap();
+}
