@@ -240,6 +240,27 @@ fn check_new_name(name: &[u8]) -> FsResult<()> {
     Ok(())
 }
 
+/// An extent comes from a client: it must lie inside its chunk and show
+/// only bytes its piece holds, or readers would index past their buffers.
+fn check_extent(extent: &Extent, chunk_bytes: u32) -> FsResult<()> {
+    let in_chunk = extent
+        .offset
+        .checked_add(extent.len)
+        .is_some_and(|end| end <= chunk_bytes);
+    if !in_chunk {
+        return Err(FsError::Invalid("extent reaches past its chunk"));
+    }
+    let in_piece = extent
+        .offset
+        .checked_sub(extent.piece.base)
+        .and_then(|from| from.checked_add(extent.len))
+        .is_some_and(|to| to <= extent.piece.plain_len);
+    if !in_piece {
+        return Err(FsError::Invalid("extent shows bytes outside its piece"));
+    }
+    Ok(())
+}
+
 fn resolve_time(time: TimeSet, now: TimeNs) -> TimeNs {
     match time {
         TimeSet::Now => now,
@@ -661,24 +682,34 @@ impl Meta {
             return Err(FsError::NotDir);
         }
         let limit = limit.clamp(1, READDIR_ENTRIES_MAX) as usize;
-        let after = keys::dir_seq(dir, after_seq);
+        let prefix = keys::dir_seq_prefix(dir);
+        let mut after = keys::dir_seq(dir, after_seq);
         let mut entries = Vec::with_capacity(limit);
-        for (key, name) in self.kv.scan(&keys::dir_seq_prefix(dir), Some(&after), limit)? {
-            let seq = keys::dir_seq_of(&key).ok_or_else(|| FsError::Corrupt("short readdir key".into()))?;
-            // The index and the dentry are written in one batch; a missing
-            // dentry would be corruption, skipping it keeps listing usable.
-            let Some(entry) = self.dentry(dir, &name)? else {
-                tracing::warn!(dir, seq, "readdir index entry without a dentry");
-                continue;
-            };
-            entries.push(DirEntry {
-                name,
-                ino: entry.ino,
-                kind: entry.kind,
-                seq,
-            });
+        // Listing takes no lock: between the index scan and the dentry reads
+        // an entry may be removed, or removed and made again under a later
+        // sequence number. Such an index entry is stale and skipped (the
+        // entry is listed at its current number, if at all), and the scan
+        // goes on so that a page of stale entries is not taken for the end.
+        loop {
+            let scanned = self.kv.scan(&prefix, Some(&after), limit - entries.len())?;
+            let exhausted = scanned.len() < limit - entries.len();
+            for (key, name) in scanned {
+                let seq = keys::dir_seq_of(&key).ok_or_else(|| FsError::Corrupt("short readdir key".into()))?;
+                after = key;
+                match self.dentry(dir, &name)? {
+                    Some(entry) if entry.seq == seq => entries.push(DirEntry {
+                        name,
+                        ino: entry.ino,
+                        kind: entry.kind,
+                        seq,
+                    }),
+                    _ => tracing::debug!(dir, seq, "readdir index entry changed under the scan"),
+                }
+            }
+            if exhausted || entries.len() >= limit {
+                return Ok(entries);
+            }
         }
-        Ok(entries)
     }
 
     pub fn get_xattr(&self, ino: Ino, name: &[u8]) -> FsResult<Vec<u8>> {
@@ -763,12 +794,28 @@ impl Meta {
         if inode.kind != FileKind::File {
             return Err(FsError::Invalid("data written to something other than a file"));
         }
+        // Records changed so far in this call: a later write to the same
+        // chunk lays over what an earlier one made, not over the stored record.
+        let mut changed: BTreeMap<u64, ChunkRecord> = BTreeMap::new();
         for write in writes {
-            let key = keys::chunk(ino, write.index);
-            let mut record = match self.kv.get(&key)? {
-                Some(bytes) => ChunkRecord::decode(&bytes)?,
-                None => ChunkRecord::default(),
+            let record = match changed.entry(write.index) {
+                std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
+                std::collections::btree_map::Entry::Vacant(entry) => {
+                    entry.insert(match self.kv.get(&keys::chunk(ino, write.index))? {
+                        Some(bytes) => ChunkRecord::decode(&bytes)?,
+                        None => ChunkRecord::default(),
+                    })
+                }
             };
+            let (ChunkOp::Replace(extent) | ChunkOp::Overlay(extent)) = &write.op;
+            check_extent(extent, self.volume.chunk_bytes)?;
+            // Piece ids are unique; a record that holds this piece already
+            // took this write. A client that lost the answer (meta restarted
+            // after the batch) sends it again: releasing the extents it
+            // hides would queue the piece's own shards for deletion.
+            if record.extents.iter().any(|old| old.piece.id == extent.piece.id) {
+                continue;
+            }
             match &write.op {
                 ChunkOp::Replace(extent) => {
                     for old in std::mem::take(&mut record.extents) {
@@ -788,7 +835,9 @@ impl Meta {
                     record.extents.push(extent.clone());
                 }
             }
-            txn.batch.put(key, record.encode());
+        }
+        for (index, record) in changed {
+            txn.batch.put(keys::chunk(ino, index), record.encode());
         }
         inode.size = inode.size.max(size_at_least);
         inode.mtime = mtime;

@@ -784,6 +784,11 @@ impl Volume {
             mtime,
         })
         .await?;
+        self.fetch_record(ino, index).await
+    }
+
+    /// Meta's record of chunk `index` (empty for a hole).
+    async fn fetch_record(&self, ino: Ino, index: u64) -> FsResult<ChunkRecord> {
         let records = match self
             .meta(MetaRequest::ReadChunks {
                 ino,
@@ -938,6 +943,8 @@ impl Volume {
         }
         let durable = placed.iter().filter(|p| p.is_some()).count();
         if durable < quorum {
+            // No record will ever name these shards: take them back now.
+            self.discard_shards(piece_id, &placed).await;
             return Err(FsError::Io(format!(
                 "only {durable} of {width} shards could be written; the write quorum is {quorum}"
             )));
@@ -947,6 +954,26 @@ impl Volume {
             .zip(hashes)
             .map(|(node, hash)| ShardLoc { node, hash })
             .collect())
+    }
+
+    /// Deletes, best effort, the shards of a piece that was never committed
+    /// (`placed[i]` is where shard i went). What is left is an orphan that
+    /// only a scrub would find.
+    async fn discard_shards(&self, piece_id: u128, placed: &[Option<NodeId>]) {
+        let deletes = placed.iter().enumerate().filter_map(|(index, node)| {
+            let node = (*node)?;
+            let (client, _) = self.node_client(node)?;
+            let shard = ShardKey {
+                piece_id,
+                shard_index: index as u8,
+            };
+            Some(async move {
+                if let Err(error) = client.delete_shard(shard).await {
+                    tracing::debug!(node, %error, "cannot take back an uncommitted shard");
+                }
+            })
+        });
+        futures::future::join_all(deletes).await;
     }
 
     fn put_one(
@@ -1020,15 +1047,23 @@ impl Volume {
     /// A chunk as this client sees it: committed data with uncommitted spans
     /// laid over it.
     async fn chunk_view(&self, ino: Ino, file: &Arc<OpenFile>, index: u64) -> FsResult<Arc<Vec<u8>>> {
+        // What is not committed yet is taken before what is: a span whose
+        // flush commits meanwhile is then in the snapshot, or in the committed
+        // data, or both -- never in neither. The state lock keeps a dirty span
+        // from moving to the flush list while the snapshot is taken.
+        let (in_flight, dirty) = {
+            let state = file.state.lock().await;
+            let in_flight: Vec<Arc<Span>> = file
+                .book()
+                .pending
+                .get(&index)
+                .map(|list| list.iter().map(|p| p.span.clone()).collect())
+                .unwrap_or_default();
+            // Copied: the span keeps growing once the lock is let go.
+            let dirty = state.spans.get(&index).map(|span| (span.offset, span.data.clone()));
+            (in_flight, dirty)
+        };
         let committed = self.committed_chunk(ino, file, index).await?;
-        let in_flight: Vec<Arc<Span>> = file
-            .book()
-            .pending
-            .get(&index)
-            .map(|list| list.iter().map(|p| p.span.clone()).collect())
-            .unwrap_or_default();
-        let state = file.state.lock().await;
-        let dirty = state.spans.get(&index);
         if in_flight.is_empty() && dirty.is_none() {
             return Ok(committed);
         }
@@ -1043,8 +1078,8 @@ impl Volume {
         for span in &in_flight {
             lay(span.offset, &span.data);
         }
-        if let Some(span) = dirty {
-            lay(span.offset, &span.data);
+        if let Some((offset, data)) = &dirty {
+            lay(*offset, data);
         }
         Ok(Arc::new(view))
     }
@@ -1083,6 +1118,29 @@ impl Volume {
 
     async fn committed_chunk(&self, ino: Ino, file: &Arc<OpenFile>, index: u64) -> FsResult<Arc<Vec<u8>>> {
         let record = self.chunk_record(ino, file, index).await?;
+        match self.decode_record(ino, index, record.clone()).await {
+            // The record this client holds may be older than the chunk: another
+            // client replaced it and the collector deleted the shards the old
+            // record names. Meta's record, if it is another, is read instead.
+            Err(error) if error.is_transient() => {
+                let current = self.fetch_record(ino, index).await?;
+                if current == record {
+                    return Err(error);
+                }
+                {
+                    let mut book = file.book();
+                    if book.records.get(&index) == Some(&record) {
+                        book.records.insert(index, current.clone());
+                    }
+                }
+                self.decode_record(ino, index, current).await
+            }
+            done => done,
+        }
+    }
+
+    /// The plaintext of a chunk `record`, from the cache or decoded.
+    async fn decode_record(&self, ino: Ino, index: u64, record: ChunkRecord) -> FsResult<Arc<Vec<u8>>> {
         if record.extents.is_empty() {
             return Ok(Arc::new(Vec::new()));
         }
