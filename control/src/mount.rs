@@ -21,8 +21,39 @@ pub async fn connect(config: &ClusterConfig, config_path: &Path) -> Result<Volum
     .with_context(|| format!("connect to meta at {}", config.meta.join(", ")))
 }
 
+/// Checks that `mountpoint` is an empty folder that nothing is mounted on,
+/// creating it (but not its parents) when missing.
+pub fn check_mountpoint(mountpoint: &Path) -> Result<()> {
+    match std::fs::metadata(mountpoint) {
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            return std::fs::create_dir(mountpoint)
+                .with_context(|| format!("create mount point {}", mountpoint.display()));
+        }
+        Err(error) => anyhow::bail!("mount point {}: {error}", mountpoint.display()),
+        Ok(meta) if !meta.is_dir() => anyhow::bail!("mount point {} is not a directory", mountpoint.display()),
+        Ok(_) => {}
+    }
+    let canonical = std::fs::canonicalize(mountpoint).with_context(|| format!("resolve {}", mountpoint.display()))?;
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    // Field 5 of each mountinfo line is the mount point (spaces escaped as \040).
+    let taken = mounts
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .any(|point| point.replace("\\040", " ") == canonical.to_string_lossy());
+    if taken {
+        anyhow::bail!("something is already mounted at {}", canonical.display());
+    }
+    let mut entries = std::fs::read_dir(&canonical).with_context(|| format!("list {}", canonical.display()))?;
+    if entries.next().is_some() {
+        anyhow::bail!(
+            "mount point {} is not empty; mounting there would hide its files",
+            canonical.display()
+        );
+    }
+    Ok(())
+}
+
 pub fn mount_volume(volume: Volume, mountpoint: &Path) -> Result<fuser::BackgroundSession> {
-    std::fs::create_dir_all(mountpoint).with_context(|| format!("create mount point {}", mountpoint.display()))?;
     sohofs_fuse::mount(volume, tokio::runtime::Handle::current(), mountpoint)
         .with_context(|| format!("mount FUSE at {}", mountpoint.display()))
 }
@@ -44,6 +75,7 @@ pub async fn unmount(session: fuser::BackgroundSession, mountpoint: &Path) {
 }
 
 pub async fn run(config_path: &Path, mountpoint: &Path) -> Result<()> {
+    check_mountpoint(mountpoint)?;
     let config = ClusterConfig::load(config_path)?;
     let volume = connect(&config, config_path).await?;
     let session = mount_volume(volume, mountpoint)?;

@@ -109,20 +109,37 @@ fn prepare(args: &UpArgs, dir: &Path) -> Result<ClusterConfig> {
         }
     };
     config::create_key(&dir.join(KEY_FILE))?;
+    let previous = if config_path.exists() {
+        Some(ClusterConfig::load(&config_path)?)
+    } else {
+        None
+    };
+    // Keep the addresses of the last run where they are still free, so that
+    // clients mounted with the old config reconnect after a restart.
+    let reuse = |old: Option<&String>| -> Result<String> {
+        match old {
+            Some(addr) if TcpListener::bind(addr.as_str()).is_ok() => Ok(addr.clone()),
+            _ => Ok(format!("127.0.0.1:{}", free_port()?)),
+        }
+    };
     let mut nodes = Vec::new();
     for id in 1..=args.nodes as u64 {
         let node_dir = format!("nodes/{id}");
         std::fs::create_dir_all(dir.join(&node_dir).join("data"))
             .with_context(|| format!("create {}", dir.join(&node_dir).display()))?;
+        let old = previous
+            .as_ref()
+            .and_then(|p| p.nodes.iter().find(|n| n.id == id))
+            .map(|n| &n.listen);
         nodes.push(NodeSection {
             id,
-            listen: format!("127.0.0.1:{}", free_port()?),
+            listen: reuse(old)?,
             dir: node_dir,
             host: format!("local-{id}"),
         });
     }
     let config = ClusterConfig {
-        meta: vec![format!("127.0.0.1:{}", free_port()?)],
+        meta: vec![reuse(previous.as_ref().and_then(|p| p.meta.first()))?],
         data_key_file: KEY_FILE.into(),
         volume,
         nodes,
@@ -191,6 +208,35 @@ impl Children {
     }
 }
 
+/// Waits for SIGINT/SIGTERM, saying once when a child process ends: `up` does
+/// not restart it (a node down is what the volume is built to survive).
+async fn watch_children(children: &mut Children) {
+    let stop = terminated();
+    tokio::pin!(stop);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut reported = std::collections::HashSet::new();
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tick.tick() => {}
+        }
+        if let Some(meta) = children.meta.as_mut() {
+            if let Ok(Some(status)) = meta.try_wait() {
+                if reported.insert(0u64) {
+                    tracing::error!(%status, "meta exited: the volume is unavailable until `sohofs up` is restarted");
+                }
+            }
+        }
+        for (id, child) in children.nodes.iter_mut() {
+            if let Ok(Some(status)) = child.try_wait() {
+                if reported.insert(*id) {
+                    tracing::warn!(node = *id, %status, "node exited; the volume runs degraded until `sohofs up` is restarted");
+                }
+            }
+        }
+    }
+}
+
 async fn wait_for_port(addr: &str, child: &mut Child, what: &str, log: &Path) -> Result<()> {
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
@@ -207,9 +253,33 @@ async fn wait_for_port(addr: &str, child: &mut Child, what: &str, log: &Path) ->
     }
 }
 
+/// Holds `DIR/up.lock` for as long as `up` runs: one cluster per folder.
+fn lock_folder(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let path = dir.join("up.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("open {}", path.display()))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
+        if errno == nix::errno::Errno::EWOULDBLOCK {
+            anyhow::anyhow!("another `sohofs up` is running in {}", dir.display())
+        } else {
+            anyhow::anyhow!("lock {}: {errno}", path.display())
+        }
+    })
+}
+
 pub async fn run(args: UpArgs) -> Result<()> {
     let dir = absolute(&args.dir)?;
     let mountpoint = absolute(&args.mount)?;
+    if dir.exists() && !dir.is_dir() {
+        bail!("--dir {} is not a directory", dir.display());
+    }
+    let _lock = lock_folder(&dir)?;
+    crate::mount::check_mountpoint(&mountpoint)?;
     let config = prepare(&args, &dir)?;
     let config_path = dir.join(CONFIG_FILE);
     let mut children = Children {
@@ -315,7 +385,7 @@ async fn run_cluster(
         "sohofs: config {}; stop with Ctrl-C (or SIGTERM)",
         config_path.display()
     );
-    terminated().await;
+    watch_children(children).await;
     println!("sohofs: stopping");
     crate::mount::unmount(session, mountpoint).await;
     Ok(())

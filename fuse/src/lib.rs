@@ -20,8 +20,19 @@ use sohofs_storage::volume::{Attr, FileKind, SetAttr, TimeSet, Volume};
 use sohofs_storage::FsError;
 use tokio::runtime::Handle;
 
-/// How long the kernel may cache attributes and entries.
+/// How long the kernel may cache entries, and attributes of all but files.
 pub const ATTR_TTL: Duration = Duration::from_secs(1);
+/// Regular files' attributes are not cached: close-to-open consistency needs
+/// an open on one client to see the size another client left at its close.
+pub const FILE_ATTR_TTL: Duration = Duration::ZERO;
+
+fn attr_ttl(attr: &Attr) -> &'static Duration {
+    if attr.kind == FileKind::File {
+        &FILE_ATTR_TTL
+    } else {
+        &ATTR_TTL
+    }
+}
 /// Largest write request the kernel sends.
 pub const MAX_WRITE_BYTES: u32 = 1024 * 1024;
 pub const MAX_READAHEAD_BYTES: u32 = 1024 * 1024;
@@ -142,7 +153,12 @@ impl SohoFs {
 
 fn reply_entry(reply: ReplyEntry, result: Result<Attr, FsError>) {
     match result {
-        Ok(attr) => reply.entry(&ATTR_TTL, &file_attr(&attr), Generation(attr.generation)),
+        Ok(attr) => reply.entry_with_ttls(
+            attr_ttl(&attr),
+            &ATTR_TTL,
+            &file_attr(&attr),
+            Generation(attr.generation),
+        ),
         Err(error) => reply.error(errno(&error)),
     }
 }
@@ -183,7 +199,7 @@ impl Filesystem for SohoFs {
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         self.spawn(|v| async move {
             match v.getattr(ino.0).await {
-                Ok(attr) => reply.attr(&ATTR_TTL, &file_attr(&attr)),
+                Ok(attr) => reply.attr(attr_ttl(&attr), &file_attr(&attr)),
                 Err(error) => reply.error(errno(&error)),
             }
         });
@@ -217,7 +233,7 @@ impl Filesystem for SohoFs {
         };
         self.spawn(|v| async move {
             match v.setattr(ino.0, attr).await {
-                Ok(attr) => reply.attr(&ATTR_TTL, &file_attr(&attr)),
+                Ok(attr) => reply.attr(attr_ttl(&attr), &file_attr(&attr)),
                 Err(error) => reply.error(errno(&error)),
             }
         });
@@ -322,14 +338,22 @@ impl Filesystem for SohoFs {
         offset: u64,
         data: &[u8],
         _write_flags: WriteFlags,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         // The request buffer belongs to fuser's reader thread: one copy here.
         let data = data.to_vec();
+        let append = flags.0 & libc::O_APPEND != 0;
         self.spawn(|v| async move {
-            match v.write(ino.0, offset, &data).await {
+            // O_APPEND: the end of the file is ours to find, not the kernel's,
+            // whose size may predate another client's last close.
+            let written = if append {
+                v.append(ino.0, &data).await.map(|_| data.len())
+            } else {
+                v.write(ino.0, offset, &data).await
+            };
+            match written {
                 Ok(written) => reply.written(written as u32),
                 Err(error) => reply.error(errno(&error)),
             }
@@ -463,6 +487,21 @@ impl Filesystem for SohoFs {
         self.spawn(|v| async move { reply_empty(reply, v.remove_xattr(ino.0, &name).await) });
     }
 
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        // No ioctls; ENOTTY is what isatty() and friends expect to hear.
+        reply.error(Errno::from_i32(libc::ENOTTY));
+    }
+
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
         // default_permissions: the kernel has checked already.
         reply.ok();
@@ -475,16 +514,28 @@ impl Filesystem for SohoFs {
         name: &OsStr,
         mode: u32,
         umask: u32,
-        _flags: i32,
+        flags: i32,
         reply: ReplyCreate,
     ) {
         let perm = (mode & !umask & 0o7777) as u16;
         let (uid, gid, name) = (req.uid(), req.gid(), name.as_bytes().to_vec());
         let fh = self.handle();
+        let exclusive = flags & libc::O_EXCL != 0;
         self.spawn(|v| async move {
-            match v.create(parent.0, &name, perm, uid, gid).await {
+            let created = match v.create(parent.0, &name, perm, uid, gid).await {
+                // Another client made it since the kernel's lookup: without
+                // O_EXCL, open what is there, as a local file system would.
+                Err(FsError::Exists) if !exclusive => match v.lookup(parent.0, &name).await {
+                    Ok(attr) if attr.kind == FileKind::File => v.open(attr.ino).await.map(|()| attr),
+                    Ok(attr) if attr.kind == FileKind::Dir => Err(FsError::IsDir),
+                    Ok(_) => Err(FsError::Exists),
+                    Err(error) => Err(error),
+                },
+                other => other,
+            };
+            match created {
                 Ok(attr) => reply.created(
-                    &ATTR_TTL,
+                    attr_ttl(&attr),
                     &file_attr(&attr),
                     Generation(attr.generation),
                     fh,

@@ -331,7 +331,25 @@ impl Volume {
             }
             self.drop_cached(ino);
         }
-        Ok(result)
+        drop(state_guard);
+        // A chmod or chown leaves data buffered: the answer must show the size
+        // this client sees, or the kernel would shrink the file to meta's.
+        Ok(self.with_local_view(result).await)
+    }
+
+    /// Appends `data` at the end of the file as this client sees it (O_APPEND:
+    /// the kernel's idea of the size may be older than another client's last
+    /// close). Returns the offset written at.
+    pub async fn append(&self, ino: Ino, data: &[u8]) -> FsResult<u64> {
+        let file = self
+            .open_file(ino)
+            .ok_or(FsError::Invalid("append to a file that is not open"))?;
+        // The size and the write must be one step: hold the state lock across.
+        let mut state = file.state.lock().await;
+        self.ensure_size(ino, &mut state).await?;
+        let offset = state.size;
+        self.write_locked(ino, &file, &mut state, offset, data).await?;
+        Ok(offset)
     }
 
     async fn create_inode(&self, parent: Ino, name: &[u8], inode: NewInode) -> FsResult<Attr> {
@@ -621,6 +639,19 @@ impl Volume {
             Some(file) => file,
             None => return Err(FsError::Invalid("write to a file that is not open")),
         };
+        let mut state = file.state.lock().await;
+        self.ensure_size(ino, &mut state).await?;
+        self.write_locked(ino, &file, &mut state, offset, data).await
+    }
+
+    async fn write_locked(
+        &self,
+        ino: Ino,
+        file: &Arc<OpenFile>,
+        state: &mut FileState,
+        offset: u64,
+        data: &[u8],
+    ) -> FsResult<usize> {
         offset
             .checked_add(data.len() as u64)
             .filter(|end| *end <= i64::MAX as u64)
@@ -629,8 +660,6 @@ impl Volume {
             return Err(error);
         }
         let chunk_bytes = self.inner.volume.chunk_bytes as u64;
-        let mut state = file.state.lock().await;
-        self.ensure_size(ino, &mut state).await?;
         let mut written = 0usize;
         while written < data.len() {
             let position = offset + written as u64;
@@ -643,7 +672,7 @@ impl Volume {
                 .get(&index)
                 .is_some_and(|span| in_chunk >= span.offset && in_chunk <= span.end());
             if !mergeable && state.spans.contains_key(&index) {
-                self.start_flush(ino, &file, &mut state, index).await?;
+                self.start_flush(ino, file, state, index).await?;
             }
             let span = state.spans.entry(index).or_insert_with(|| Span {
                 index,
@@ -662,14 +691,14 @@ impl Volume {
             written += take;
             state.size = state.size.max(position + take as u64);
             if full {
-                self.start_flush(ino, &file, &mut state, index).await?;
+                self.start_flush(ino, file, state, index).await?;
             }
         }
         state.mtime = Some(now_ns());
         if state.dirty_bytes > FILE_DIRTY_BYTES_MAX {
             let indexes: Vec<u64> = state.spans.keys().copied().collect();
             for index in indexes {
-                self.start_flush(ino, &file, &mut state, index).await?;
+                self.start_flush(ino, file, state, index).await?;
             }
         }
         Ok(written)
