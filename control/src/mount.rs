@@ -62,16 +62,20 @@ pub fn mount_volume(volume: Volume, mountpoint: &Path) -> Result<fuser::Backgrou
 /// process can end.
 pub async fn unmount(session: fuser::BackgroundSession, mountpoint: &Path) {
     let joined = tokio::task::spawn_blocking(move || session.umount_and_join());
-    match tokio::time::timeout(UNMOUNT_TIMEOUT, joined).await {
-        Ok(Ok(Ok(()))) => {}
-        outcome => {
-            tracing::warn!(?outcome, "clean unmount failed; detaching lazily");
-            let _ = std::process::Command::new("fusermount3")
-                .arg("-uz")
-                .arg(mountpoint)
-                .status();
+    let reason = match tokio::time::timeout(UNMOUNT_TIMEOUT, joined).await {
+        Ok(Ok(Ok(()))) => return,
+        Ok(Ok(Err(error))) if error.raw_os_error() == Some(libc::EBUSY) => {
+            "files on the mount are still in use".to_string()
         }
-    }
+        Ok(Ok(Err(error))) => error.to_string(),
+        Ok(Err(error)) => format!("unmount task failed: {error}"),
+        Err(_) => "the unmount did not finish in time".to_string(),
+    };
+    tracing::warn!("{}: {reason}; detaching it lazily", mountpoint.display());
+    let _ = std::process::Command::new("fusermount3")
+        .arg("-uz")
+        .arg(mountpoint)
+        .status();
 }
 
 pub async fn run(config_path: &Path, mountpoint: &Path) -> Result<()> {

@@ -84,6 +84,9 @@ fn prepare(args: &UpArgs, dir: &Path) -> Result<ClusterConfig> {
             args.nodes
         );
     }
+    if args.m == 0 {
+        eprintln!("sohofs: warning: --m 0 keeps no parity; losing any node loses data");
+    }
     std::fs::create_dir_all(dir.join("meta")).with_context(|| format!("create {}", dir.display()))?;
     let config_path = dir.join(CONFIG_FILE);
     let volume = if config_path.exists() {

@@ -80,7 +80,13 @@ impl NodeClient {
     }
 
     pub async fn put_shard(&self, key: ShardKey, payload: &[u8]) -> FsResult<()> {
-        let hash = *blake3::hash(payload).as_bytes();
+        self.put_shard_hashed(key, payload, *blake3::hash(payload).as_bytes())
+            .await
+    }
+
+    /// Like [`NodeClient::put_shard`], with the payload's BLAKE3 already known
+    /// (the writer hashes every shard once, off the async reactor).
+    pub async fn put_shard_hashed(&self, key: ShardKey, payload: &[u8], hash: [u8; 32]) -> FsResult<()> {
         let request = NodeRequest::PutShard {
             piece_id: key.piece_id,
             shard_index: key.shard_index,

@@ -858,7 +858,11 @@ impl Volume {
         /// their stripe.
         enum Encoded {
             Inline(Vec<u8>),
-            Striped { sealed_len: usize, shards: Vec<Vec<u8>> },
+            Striped {
+                sealed_len: usize,
+                shards: Vec<Vec<u8>>,
+                hashes: Vec<[u8; 32]>,
+            },
         }
         let encoded = tokio::task::spawn_blocking(move || -> FsResult<Encoded> {
             let sealed = codec::seal(&key, &place, &plain);
@@ -866,20 +870,26 @@ impl Volume {
                 return Ok(Encoded::Inline(sealed));
             }
             let shards = codec::encode_stripe(&sealed, k, m)?;
+            let hashes = shards.iter().map(|s| *blake3::hash(s).as_bytes()).collect();
             Ok(Encoded::Striped {
                 sealed_len: sealed.len(),
                 shards,
+                hashes,
             })
         })
         .await
         .map_err(|e| FsError::Io(format!("encode task failed: {e}")))??;
         let body = match encoded {
             Encoded::Inline(sealed) => PieceBody::Inline { sealed },
-            Encoded::Striped { sealed_len, shards } => PieceBody::Striped {
+            Encoded::Striped {
+                sealed_len,
+                shards,
+                hashes,
+            } => PieceBody::Striped {
                 sealed_len: sealed_len as u32,
                 data_shards: k as u8,
                 parity_shards: m as u8,
-                shards: self.put_stripe(piece_id, shards).await?,
+                shards: self.put_stripe(piece_id, shards, hashes).await?,
             },
         };
         Ok(Piece {
@@ -908,7 +918,7 @@ impl Volume {
     /// Writes the shards of one stripe in parallel, each to a node on its own
     /// host; a failed shard is retried once on a spare host. Succeeds when at
     /// least the write quorum is durable; unplaced shards have no node.
-    async fn put_stripe(&self, piece_id: u128, shards: Vec<Vec<u8>>) -> FsResult<Vec<ShardLoc>> {
+    async fn put_stripe(&self, piece_id: u128, shards: Vec<Vec<u8>>, hashes: Vec<[u8; 32]>) -> FsResult<Vec<ShardLoc>> {
         let width = shards.len();
         let quorum = (self.inner.volume.write_quorum as usize).clamp(self.inner.volume.data_shards as usize, width);
         let mut views = self.node_views();
@@ -930,13 +940,12 @@ impl Volume {
             tracing::error!("{reason}");
             return Err(FsError::Unavailable(reason));
         }
-        let hashes: Vec<[u8; 32]> = shards.iter().map(|s| *blake3::hash(s).as_bytes()).collect();
         let shards: Vec<Arc<Vec<u8>>> = shards.into_iter().map(Arc::new).collect();
         let mut placed: Vec<Option<NodeId>> = vec![None; width];
         let mut tried_nodes: HashSet<NodeId> = chosen.iter().copied().collect();
         let mut attempts = FuturesUnordered::new();
         for (index, node) in chosen.iter().enumerate() {
-            attempts.push(self.put_one(*node, piece_id, index as u8, shards[index].clone()));
+            attempts.push(self.put_one(*node, piece_id, index as u8, shards[index].clone(), hashes[index]));
         }
         // Shards whose first node has no host (fewer hosts than width) wait
         // for a spare like failed ones.
@@ -966,7 +975,7 @@ impl Volume {
                 );
                 for (spare, index) in spares.into_iter().zip(std::mem::take(&mut failed)) {
                     tried_nodes.insert(spare);
-                    attempts.push(self.put_one(spare, piece_id, index as u8, shards[index].clone()));
+                    attempts.push(self.put_one(spare, piece_id, index as u8, shards[index].clone(), hashes[index]));
                 }
             }
         }
@@ -1011,11 +1020,16 @@ impl Volume {
         piece_id: u128,
         shard_index: u8,
         payload: Arc<Vec<u8>>,
+        hash: [u8; 32],
     ) -> impl std::future::Future<Output = (u8, NodeId, FsResult<()>)> + Send + 'static {
         let client = self.node_client(node).map(|(c, _)| c);
         async move {
             let result = match client {
-                Some(client) => client.put_shard(ShardKey { piece_id, shard_index }, &payload).await,
+                Some(client) => {
+                    client
+                        .put_shard_hashed(ShardKey { piece_id, shard_index }, &payload, hash)
+                        .await
+                }
                 None => Err(FsError::Unavailable(format!("node {node} is unknown"))),
             };
             (shard_index, node, result)
