@@ -97,6 +97,9 @@ struct FileState {
 struct Book {
     /// Spans in flight, per chunk, in commit order.
     pending: BTreeMap<u64, Vec<Pending>>,
+    /// Bumped whenever `records` is dropped (truncate, reopen): a record fetch
+    /// that started before must not put its older records back.
+    records_epoch: u64,
     /// Chunk records as last read from meta or committed by this client.
     records: HashMap<u64, ChunkRecord>,
 }
@@ -107,6 +110,13 @@ struct OpenFile {
     handles: std::sync::atomic::AtomicU32,
     /// The first error of a background flush, reported at the next fsync.
     error: StdMutex<Option<FsError>>,
+}
+
+impl Book {
+    fn clear_records(&mut self) {
+        self.records.clear();
+        self.records_epoch += 1;
+    }
 }
 
 impl OpenFile {
@@ -327,7 +337,7 @@ impl Volume {
         }
         if new_size.is_some() {
             if let Some(file) = &file {
-                file.book().records.clear();
+                file.book().clear_records();
             }
             self.drop_cached(ino);
         }
@@ -567,7 +577,7 @@ impl Volume {
             let mut state = file.state.lock().await;
             let mut book = file.book();
             if state.spans.is_empty() && book.pending.is_empty() {
-                book.records.clear();
+                book.clear_records();
                 state.size_known = false;
                 drop(book);
                 drop(state);
@@ -1130,9 +1140,13 @@ impl Volume {
     /// The record of chunk `index`, from the file's book or from meta, which
     /// is asked for a window of records at once.
     async fn chunk_record(&self, ino: Ino, file: &Arc<OpenFile>, index: u64) -> FsResult<ChunkRecord> {
-        if let Some(record) = file.book().records.get(&index) {
-            return Ok(record.clone());
-        }
+        let epoch = {
+            let book = file.book();
+            if let Some(record) = book.records.get(&index) {
+                return Ok(record.clone());
+            }
+            book.records_epoch
+        };
         let records = match self
             .meta(MetaRequest::ReadChunks {
                 ino,
@@ -1146,6 +1160,11 @@ impl Volume {
         };
         let mut found: HashMap<u64, ChunkRecord> = records.into_iter().collect();
         let mut book = file.book();
+        if book.records_epoch != epoch {
+            // Truncated or reopened meanwhile: what meta said may be older than
+            // that; answer this read from it but keep none of it.
+            return Ok(found.remove(&index).unwrap_or_default());
+        }
         let in_flight: HashSet<u64> = book.pending.keys().copied().collect();
         // Everything in the window that meta did not return is a hole; chunks
         // with spans in flight keep what their flush task will set.
