@@ -1,9 +1,10 @@
 //! `sohofs nfs serve` for the NFS tests: started with the cluster's run tag
 //! (so the harness ends it with the cluster even when a test fails), on a
-//! free port of 127.0.0.1 or on a given one (a restart keeps the port).
+//! free port of 127.0.0.1 or on a given one (a restart keeps the port), or on
+//! a given address (the kernel-client test listens on its private veth).
 
 use std::fs::{self, File};
-use std::net::TcpListener;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,13 +24,19 @@ const LOG_TAIL_LINES: usize = 60;
 /// A running `sohofs nfs serve`.
 pub struct Gateway {
     child: Option<Child>,
-    port: u16,
+    listen: SocketAddr,
     log: PathBuf,
 }
 
 /// A port of 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    free_port_on(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+/// A port of `address` (a local address) that was free a moment ago.
+pub fn free_port_on(address: IpAddr) -> u16 {
+    let listener =
+        TcpListener::bind((address, 0)).unwrap_or_else(|error| panic!("bind a free port on {address}: {error}"));
     listener.local_addr().expect("local address").port()
 }
 
@@ -43,6 +50,12 @@ impl Gateway {
     /// run under that RLIMIT_AS (`prlimit`), so that a runaway allocation
     /// fails inside the gateway instead of taking the machine's memory.
     pub fn start_on(cluster: &Cluster, port: u16, address_space_bytes_max: Option<u64>) -> Gateway {
+        let listen = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
+        Gateway::start_listening(cluster, listen, address_space_bytes_max)
+    }
+
+    /// The gateway exporting `/`, listening on `listen` (any local address).
+    pub fn start_listening(cluster: &Cluster, listen: SocketAddr, address_space_bytes_max: Option<u64>) -> Gateway {
         static STARTS: AtomicU64 = AtomicU64::new(0);
         let log = cluster
             .scratch_dir("gateway")
@@ -60,7 +73,7 @@ impl Gateway {
             .args(["nfs", "serve", "--config"])
             .arg(cluster.config_path())
             .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
+            .arg(listen.to_string())
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("clone the log handle"))
             .stderr(log_file);
@@ -71,7 +84,7 @@ impl Gateway {
         let child = command.spawn().expect("spawn sohofs nfs serve");
         let mut gateway = Gateway {
             child: Some(child),
-            port,
+            listen,
             log,
         };
         let started = Instant::now();
@@ -94,7 +107,11 @@ impl Gateway {
     }
 
     pub fn port(&self) -> u16 {
-        self.port
+        self.listen.port()
+    }
+
+    pub fn listen(&self) -> SocketAddr {
+        self.listen
     }
 
     pub fn pid(&self) -> i32 {
@@ -110,8 +127,9 @@ impl Gateway {
     /// The libnfs URL of `path` (relative to the export root).
     pub fn url(&self, path: &str) -> String {
         format!(
-            "nfs://127.0.0.1/{path}?nfsport={port}&mountport={port}&version=3",
-            port = self.port
+            "nfs://{ip}/{path}?nfsport={port}&mountport={port}&version=3",
+            ip = self.listen.ip(),
+            port = self.listen.port()
         )
     }
 
