@@ -106,6 +106,14 @@ struct PrivateNet {
     up: bool,
 }
 
+/// Runs the tool's script through bash: CI's copy of shared/ may have lost
+/// its mode bits.
+fn guest_script(script: &Path) -> Command {
+    let mut command = Command::new("bash");
+    command.arg(script);
+    command
+}
+
 impl PrivateNet {
     fn up(tool: &Path, tag: &RunTag) -> PrivateNet {
         let script = tool.join("run-guest.sh");
@@ -114,7 +122,7 @@ impl PrivateNet {
             tag: tag.clone(),
             up: true,
         };
-        let mut command = Command::new(&net.script);
+        let mut command = guest_script(&net.script);
         command.arg("--net-up");
         let output = run_bounded(command, &net.tag, HOST_COMMAND_TIMEOUT);
         if !output.status.success() {
@@ -131,7 +139,7 @@ impl PrivateNet {
         }
         let started = Instant::now();
         loop {
-            let mut command = Command::new(&self.script);
+            let mut command = guest_script(&self.script);
             command.arg("--net-down");
             let output = run_bounded(command, &self.tag, HOST_COMMAND_TIMEOUT);
             if output.status.success() {
@@ -171,7 +179,7 @@ fn check_names(file: &Path) -> Vec<String> {
 /// every check (and `mount`, `umount`) passed. Returns the tool's result lines.
 fn run_checks(tool: &Path, cluster: &Cluster, gateway: &Gateway, checks: &Path, label: &str) -> Vec<String> {
     let console = cluster.scratch_dir("knfs").join(format!("console-{label}.log"));
-    let mut command = Command::new(tool.join("run-guest.sh"));
+    let mut command = guest_script(&tool.join("run-guest.sh"));
     command
         .arg("--server-port")
         .arg(gateway.port().to_string())
