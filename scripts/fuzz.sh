@@ -13,7 +13,8 @@
 # the only toolchain here is stable, so the build runs with RUSTC_BOOTSTRAP=1.
 # Builds and the corpus each target grows live outside the clone, in
 # ${CARGO_TARGET_DIR:-$HOME/.cache/sohofs/target}/fuzz, so reruns reuse them.
-# The golden vectors in format/tests/vectors/ seed every target.
+# The golden vectors in format/tests/vectors/ seed every target, and
+# fuzz/seeds/<target>/ seeds one target.
 set -euo pipefail
 
 seconds_per_target="${1:-20}"
@@ -66,8 +67,14 @@ for target in "${targets[@]}"; do
   mkdir -p "$corpus_dir"
   echo "fuzz.sh: fuzzing $target for ${seconds_per_target}s (log: $log)"
   # New inputs go to the first corpus directory; the seeds are only read.
+  # Inputs that are not our own layouts (an NFS call record) have their
+  # seeds in fuzz/seeds/<target>/.
+  target_seed_args=("${seed_args[@]}")
+  if [[ -d "$fuzz_dir/seeds/$target" ]]; then
+    target_seed_args+=("$fuzz_dir/seeds/$target")
+  fi
   status=0
-  cargo fuzz run "${fuzz_args[@]}" "$target" "$corpus_dir" "${seed_args[@]}" -- \
+  cargo fuzz run "${fuzz_args[@]}" "$target" "$corpus_dir" "${target_seed_args[@]}" -- \
     -max_total_time="$seconds_per_target" -timeout="$input_timeout_s" \
     >"$log" 2>&1 || status=$?
 

@@ -6,7 +6,11 @@
 //! an fsync (counted), drops the page cache (root only), re-opens the file and
 //! reads it back in 1 MiB reads, checking every byte against what was written.
 //! Then the cluster is stopped and the same is done in a folder on the same
-//! filesystem. Prints a table and writes it as JSON to
+//! filesystem. Between the two, `sohofs nfs serve` is started on the same
+//! cluster and the same amount goes in and out through it with libnfs's
+//! `nfs-cp` (the source file on the plain disk is made untimed; what comes
+//! back, and the file as the FUSE mount sees it, are checked byte by byte).
+//! Prints a table and writes it as JSON to
 //! `<target dir>/bench-results/mount_throughput.json`.
 //!
 //! Run: `cargo bench -p sohofs-benches --bench mount_throughput`. The sohofs
@@ -183,12 +187,15 @@ fn run(settings: &Settings, guard: &Arc<Guard>) -> Result<()> {
 
     let cluster = Cluster::start(&settings.sohofs_bin, work.path(), guard)?;
     let sohofs_file = cluster.mountpoint.join("throughput.bin");
-    let sohofs = measure("sohofs", &sohofs_file, settings.mib, &mut pattern, guard);
+    let sohofs = measure("sohofs", &sohofs_file, settings.mib, &mut pattern, guard).and_then(|fuse| {
+        let nfs = measure_nfs(settings, work.path(), &cluster.mountpoint, &mut pattern, guard)?;
+        Ok((fuse, nfs))
+    });
     if sohofs.is_err() {
         print_tail(&work.path().join("up.log"));
     }
     drop(cluster);
-    let sohofs = sohofs?;
+    let (sohofs, nfs) = sohofs?;
 
     let plain_dir = work.path().join("plain");
     std::fs::create_dir(&plain_dir).with_context(|| format!("create {}", plain_dir.display()))?;
@@ -212,6 +219,12 @@ fn run(settings: &Settings, guard: &Arc<Guard>) -> Result<()> {
     );
     println!(
         "{:<28} {:>12.1} {:>12.1}",
+        "sohofs NFSv3 gateway, nfs-cp",
+        nfs.write_mb_per_s(bytes),
+        nfs.read_mb_per_s(bytes)
+    );
+    println!(
+        "{:<28} {:>12.1} {:>12.1}",
         "plain disk (same filesystem)",
         plain.write_mb_per_s(bytes),
         plain.read_mb_per_s(bytes)
@@ -221,6 +234,12 @@ fn run(settings: &Settings, guard: &Arc<Guard>) -> Result<()> {
         "ratio sohofs/plain",
         sohofs.write_mb_per_s(bytes) / plain.write_mb_per_s(bytes),
         sohofs.read_mb_per_s(bytes) / plain.read_mb_per_s(bytes)
+    );
+    println!(
+        "{:<28} {:>12.2} {:>12.2}",
+        "ratio NFS/FUSE",
+        nfs.write_mb_per_s(bytes) / sohofs.write_mb_per_s(bytes),
+        nfs.read_mb_per_s(bytes) / sohofs.read_mb_per_s(bytes)
     );
     println!("(MB = 10^6 bytes; every byte read back was checked; page cache dropped before reads: {caches_dropped})");
 
@@ -243,7 +262,15 @@ fn run(settings: &Settings, guard: &Arc<Guard>) -> Result<()> {
         "verified": "every byte read back equals what was written",
         "sohofs_bin": settings.sohofs_bin,
         "cluster": { "nodes": NODES, "k": DATA_SHARDS, "m": PARITY_SHARDS },
-        "results": [row(&label, &sohofs), row("plain disk", &plain)],
+        "results": [
+            row(&label, &sohofs),
+            row("sohofs NFSv3 gateway, nfs-cp", &nfs),
+            row("plain disk", &plain)
+        ],
+        "ratio_nfs_fuse": {
+            "write": nfs.write_mb_per_s(bytes) / sohofs.write_mb_per_s(bytes),
+            "read": nfs.read_mb_per_s(bytes) / sohofs.read_mb_per_s(bytes),
+        },
         "ratio_sohofs_plain": {
             "write": sohofs.write_mb_per_s(bytes) / plain.write_mb_per_s(bytes),
             "read": sohofs.read_mb_per_s(bytes) / plain.read_mb_per_s(bytes),
@@ -355,6 +382,169 @@ fn measure(what: &str, path: &Path, mib: u64, pattern: &mut Pattern, guard: &Gua
         read_s,
         page_cache_dropped,
     })
+}
+
+/// `nfs-cp` of `mib` MiB into the volume through `sohofs nfs serve` on the
+/// running cluster, then out again. The source is a plain-disk file made from
+/// `pattern` before the clock starts; the copy that comes back and the file
+/// as the FUSE mount at `mountpoint` sees it must both be the pattern.
+fn measure_nfs(
+    settings: &Settings,
+    work: &Path,
+    mountpoint: &Path,
+    pattern: &mut Pattern,
+    guard: &Guard,
+) -> Result<Throughput> {
+    let mib = settings.mib;
+    let source = work.join("nfs-source.bin");
+    let back = work.join("nfs-back.bin");
+    let mut file = File::create(&source).with_context(|| format!("create {}", source.display()))?;
+    for index in 0..mib {
+        file.write_all(pattern.block(index))
+            .with_context(|| format!("write {}", source.display()))?;
+    }
+    drop(file);
+    let gateway = NfsGateway::start(&settings.sohofs_bin, &work.join("cluster").join("sohofs.toml"), work)?;
+    let url = format!(
+        "nfs://127.0.0.1/nfs-throughput.bin?nfsport={port}&mountport={port}&version=3",
+        port = gateway.port
+    );
+
+    drop_page_cache();
+    let started = Instant::now();
+    nfs_cp(&source.display().to_string(), &url, guard)?;
+    let write_s = started.elapsed().as_secs_f64();
+    println!("mount_throughput: NFS: nfs-cp in {mib} MiB in {write_s:.2} s");
+    let page_cache_dropped = drop_page_cache();
+    let started = Instant::now();
+    nfs_cp(&url, &back.display().to_string(), guard)?;
+    let read_s = started.elapsed().as_secs_f64();
+    println!("mount_throughput: NFS: nfs-cp out {mib} MiB in {read_s:.2} s");
+    drop(gateway);
+
+    check_pattern("NFS copy out", &back, mib, pattern, guard)?;
+    check_pattern(
+        "NFS copy seen through FUSE",
+        &mountpoint.join("nfs-throughput.bin"),
+        mib,
+        pattern,
+        guard,
+    )?;
+    for path in [&source, &back] {
+        std::fs::remove_file(path).with_context(|| format!("remove {}", path.display()))?;
+    }
+    Ok(Throughput {
+        write_s,
+        read_s,
+        page_cache_dropped,
+    })
+}
+
+fn nfs_cp(from: &str, to: &str, guard: &Guard) -> Result<()> {
+    guard.check()?;
+    let output = Command::new("nfs-cp")
+        .args([from, to])
+        .stdin(Stdio::null())
+        .output()
+        .context("run nfs-cp (Debian package libnfs-utils; scripts/install-deps.sh installs it)")?;
+    ensure!(
+        output.status.success(),
+        "nfs-cp {from} {to}: {}\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
+}
+
+/// Reads `path` and fails unless it is exactly `mib` blocks of `pattern`.
+fn check_pattern(what: &str, path: &Path, mib: u64, pattern: &mut Pattern, guard: &Guard) -> Result<()> {
+    let mut buffer = vec![0u8; BLOCK_BYTES];
+    let mut file = File::open(path).with_context(|| format!("open {}", path.display()))?;
+    for index in 0..mib {
+        guard.check()?;
+        file.read_exact(&mut buffer)
+            .with_context(|| format!("{what}: read block {index} of {}", path.display()))?;
+        ensure!(
+            buffer == pattern.block(index),
+            "{what}: block {index} of {} differs",
+            path.display()
+        );
+    }
+    ensure!(
+        file.read(&mut buffer)? == 0,
+        "{what}: {} is longer than {mib} MiB",
+        path.display()
+    );
+    println!("mount_throughput: {what}: checked {mib} MiB");
+    Ok(())
+}
+
+/// `sohofs nfs serve` on a port the kernel picks, stopped (SIGTERM, then
+/// SIGKILL) when dropped; it also gets SIGTERM if this process dies.
+struct NfsGateway {
+    child: Child,
+    port: u16,
+}
+
+impl NfsGateway {
+    fn start(sohofs_bin: &Path, config: &Path, work: &Path) -> Result<NfsGateway> {
+        let log_path = work.join("nfs.log");
+        let log = File::create(&log_path).with_context(|| format!("create {}", log_path.display()))?;
+        let mut command = Command::new(sohofs_bin);
+        command
+            .args(["nfs", "serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(config)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log));
+        // SAFETY: as in `Cluster::start`: only async-signal-safe calls.
+        #[allow(unsafe_code)]
+        unsafe {
+            command.pre_exec(|| {
+                SigSet::empty().thread_set_mask().map_err(std::io::Error::from)?;
+                nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)
+            });
+        }
+        let mut child = command.spawn().context("start sohofs nfs serve")?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut gateway = NfsGateway { child, port: 0 };
+        // "sohofs: NFSv3 export / serving on 127.0.0.1:PORT to …"
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .context("read the gateway's first line")?;
+        let port = line
+            .split_once("serving on ")
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .and_then(|address| address.parse::<std::net::SocketAddr>().ok())
+            .map(|address| address.port());
+        match port {
+            Some(port) => gateway.port = port,
+            None => {
+                print_tail(&log_path);
+                bail!("sohofs nfs serve did not say where it serves (first line: {line:?})");
+            }
+        }
+        Ok(gateway)
+    }
+}
+
+impl Drop for NfsGateway {
+    fn drop(&mut self) {
+        let pid = Pid::from_raw(self.child.id() as i32);
+        let _ = signal::kill(pid, Signal::SIGTERM);
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Writes back dirty pages and drops the page cache, so that reads come from

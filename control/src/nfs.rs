@@ -33,6 +33,11 @@ pub struct ServeArgs {
     /// Let uid 0 act as root instead of mapping it to 65534.
     #[arg(long)]
     no_root_squash: bool,
+    /// A client network that may connect (e.g. 192.168.1.0/24 or
+    /// 10.0.0.7/32); repeat for more. Without it: loopback and the private
+    /// ranges (10/8, 172.16/12, 192.168/16, fc00::/7, fe80::/10).
+    #[arg(long = "allow", value_name = "CIDR")]
+    allow: Vec<ipnet::IpNet>,
 }
 
 pub async fn run(verb: NfsVerb) -> Result<()> {
@@ -48,12 +53,23 @@ async fn serve(args: ServeArgs) -> Result<()> {
         listen: args.listen,
         export: args.export,
         root_squash: !args.no_root_squash,
+        allowed_clients: if args.allow.is_empty() {
+            sohofs_nfs::default_allowed_clients()
+        } else {
+            args.allow
+        },
     };
     let gateway = Gateway::bind(volume, &options).await.context("start the NFS gateway")?;
     println!(
-        "sohofs: NFSv3 export {} serving on {} (root squash {}); stop with SIGTERM",
+        "sohofs: NFSv3 export {} serving on {} to {} (root squash {}); stop with SIGTERM",
         gateway.export_path(),
         gateway.local_addr(),
+        options
+            .allowed_clients
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
         if options.root_squash { "on" } else { "off" }
     );
     let shutdown = CancellationToken::new();

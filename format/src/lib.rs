@@ -16,6 +16,7 @@ pub mod keys;
 pub mod messages;
 pub mod nfs_handle;
 pub mod records;
+pub mod rpc_call;
 pub mod shard;
 
 pub use frame::{FrameHeader, FRAME_BODY_BYTES_MAX, FRAME_DATA_BYTES_MAX, FRAME_HEADER_BYTES};

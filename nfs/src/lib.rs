@@ -37,7 +37,7 @@ use crate::access::{Caller, Object, MAY_EXEC, MAY_READ, MAY_WRITE};
 use crate::open_files::OpenFiles;
 
 /// Largest READ and WRITE the gateway offers (FSINFO rtmax/wtmax).
-pub const TRANSFER_BYTES_MAX: u32 = 1024 * 1024;
+pub const TRANSFER_BYTES_MAX: u32 = sohofs_format::rpc_call::NFS_TRANSFER_BYTES_MAX;
 /// Entries fetched from meta per READDIR(PLUS) request, whatever the client asks.
 pub const READDIR_ENTRIES_MAX: usize = 1024;
 /// Attribute fetches in flight for one READDIRPLUS page.
@@ -158,6 +158,33 @@ pub struct GatewayOptions {
     pub export: String,
     /// Map uid 0 (and root's gid 0) to 65534.
     pub root_squash: bool,
+    /// Client addresses that may connect; others are closed at accept.
+    pub allowed_clients: Vec<ipnet::IpNet>,
+}
+
+/// The clients a gateway admits unless told otherwise: loopback and the
+/// private ranges an office LAN uses (RFC 1918, IPv6 unique-local and
+/// link-local), never the open internet.
+pub fn default_allowed_clients() -> Vec<ipnet::IpNet> {
+    [
+        "127.0.0.0/8",
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "::1/128",
+        "fc00::/7",
+        "fe80::/10",
+    ]
+    .iter()
+    .map(|net| net.parse().expect("a valid built-in network"))
+    .collect()
+}
+
+/// Whether `peer` lies in one of `allowed` (an IPv4 client seen on an IPv6
+/// socket as `::ffff:a.b.c.d` counts as its IPv4 address).
+pub fn client_allowed(allowed: &[ipnet::IpNet], peer: std::net::IpAddr) -> bool {
+    let peer = peer.to_canonical();
+    allowed.iter().any(|net| net.contains(&peer))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -849,6 +876,7 @@ pub struct Gateway {
     library: NFSTcpListener<SohoNfs>,
     open_files: Arc<OpenFiles>,
     export: String,
+    allowed_clients: Arc<[ipnet::IpNet]>,
 }
 
 /// After an accept error (e.g. out of file descriptors), wait this long
@@ -893,6 +921,7 @@ impl Gateway {
             library,
             open_files,
             export: format!("/{}", options.export.trim_matches('/')),
+            allowed_clients: options.allowed_clients.clone().into(),
         })
     }
 
@@ -918,7 +947,11 @@ impl Gateway {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 accepted = self.listener.accept() => match accepted {
-                    Ok((client, _)) => {
+                    Ok((client, peer)) => {
+                        if !client_allowed(&self.allowed_clients, peer.ip()) {
+                            tracing::warn!(%peer, "refused an NFS connection: client address not allowed (--allow)");
+                            continue;
+                        }
                         let connection_shutdown = shutdown.clone();
                         tokio::spawn(async move {
                             tokio::select! {
@@ -946,6 +979,24 @@ impl Gateway {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clients_are_admitted_by_network_including_ipv4_on_ipv6_sockets() {
+        let allowed: Vec<ipnet::IpNet> = vec!["192.168.1.0/24".parse().unwrap(), "::1/128".parse().unwrap()];
+        let ip = |text: &str| text.parse::<std::net::IpAddr>().unwrap();
+        assert!(client_allowed(&allowed, ip("192.168.1.77")));
+        assert!(client_allowed(&allowed, ip("::ffff:192.168.1.77")));
+        assert!(client_allowed(&allowed, ip("::1")));
+        assert!(!client_allowed(&allowed, ip("192.168.2.1")));
+        assert!(!client_allowed(&allowed, ip("127.0.0.1")));
+        let defaults = default_allowed_clients();
+        assert!(client_allowed(&defaults, ip("127.0.0.1")));
+        assert!(client_allowed(&defaults, ip("10.1.2.3")));
+        assert!(client_allowed(&defaults, ip("172.31.0.9")));
+        assert!(!client_allowed(&defaults, ip("172.32.0.9")));
+        assert!(!client_allowed(&defaults, ip("8.8.8.8")));
+        assert!(!client_allowed(&defaults, ip("2001:db8::1")));
+    }
 
     #[test]
     fn device_numbers_round_trip_through_specdata() {

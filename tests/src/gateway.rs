@@ -56,6 +56,17 @@ impl Gateway {
 
     /// The gateway exporting `/`, listening on `listen` (any local address).
     pub fn start_listening(cluster: &Cluster, listen: SocketAddr, address_space_bytes_max: Option<u64>) -> Gateway {
+        Gateway::start_with_args(cluster, listen, address_space_bytes_max, &[])
+    }
+
+    /// As [`Gateway::start_listening`], with more arguments for `nfs serve`
+    /// (e.g. `--allow 10.0.0.0/8`).
+    pub fn start_with_args(
+        cluster: &Cluster,
+        listen: SocketAddr,
+        address_space_bytes_max: Option<u64>,
+        extra_args: &[&str],
+    ) -> Gateway {
         static STARTS: AtomicU64 = AtomicU64::new(0);
         let log = cluster
             .scratch_dir("gateway")
@@ -74,6 +85,7 @@ impl Gateway {
             .arg(cluster.config_path())
             .arg("--listen")
             .arg(listen.to_string())
+            .args(extra_args)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("clone the log handle"))
             .stderr(log_file);

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::future::Future;
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -619,7 +619,26 @@ fn record(payload: &[u8]) -> Vec<u8> {
 /// Sends `bytes` on a new connection (then half-closes it if `then_shutdown`)
 /// and waits for a reply record or a close.
 fn send_raw(port: u16, bytes: &[u8], then_shutdown: bool) -> Answer {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the gateway");
+    let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the gateway");
+    send_on(stream, bytes, then_shutdown)
+}
+
+/// As [`send_raw`], from the local address `source` (any of 127/8).
+fn send_from(source: Ipv4Addr, port: u16, bytes: &[u8]) -> Answer {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+    socket
+        .bind(SocketAddr::from((source, 0)))
+        .expect("bind the source address");
+    let stream = runtime()
+        .block_on(socket.connect(SocketAddr::from((Ipv4Addr::LOCALHOST, port))))
+        .expect("connect to the gateway")
+        .into_std()
+        .expect("a std stream");
+    stream.set_nonblocking(false).expect("blocking mode");
+    send_on(stream, bytes, false)
+}
+
+fn send_on(mut stream: TcpStream, bytes: &[u8], then_shutdown: bool) -> Answer {
     stream
         .set_read_timeout(Some(MALFORMED_ANSWER_TIMEOUT))
         .expect("read timeout");
@@ -691,6 +710,44 @@ fn still_serves(port: u16, probe: &str, expected: &[u8]) -> Result<(), String> {
         Ok(Err(error)) => Err(error),
         Err(_) => Err("a fresh client failed (see the panic above)".to_owned()),
     }
+}
+
+#[test]
+fn only_allowed_client_addresses_are_served() {
+    let cluster = Cluster::start(OPTIONS);
+    let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+    let gateway = Gateway::start_with_args(&cluster, listen, None, &["--allow", "127.0.0.2/32"]);
+    let null_call = record(&call_header(9, RPC_VERSION, NFS_PROGRAM, NFS_VERSION, 0));
+
+    // The allowed address gets the NULL reply: same xid, a REPLY, accepted, SUCCESS.
+    match send_from(Ipv4Addr::new(127, 0, 0, 2), gateway.port(), &null_call) {
+        Answer::Reply(payload) => assert_eq!(
+            reply_words(&payload),
+            [9, MSG_REPLY, REPLY_ACCEPTED, AUTH_NULL, 0, ACCEPT_SUCCESS],
+            "NULL reply"
+        ),
+        other => panic!("127.0.0.2 is allowed but got {other:?}\n{}", gateway.log_tail()),
+    }
+    // Another address is closed before anything is read.
+    for source in [Ipv4Addr::LOCALHOST, Ipv4Addr::new(127, 0, 0, 3)] {
+        let answer = send_from(source, gateway.port(), &null_call);
+        assert_eq!(answer, Answer::Closed, "{source} is not allowed");
+    }
+    // libnfs from 127.0.0.1 cannot list the export either.
+    let listing = Command::new("timeout")
+        .args(["60", "nfs-ls"])
+        .arg(gateway.url(""))
+        .output()
+        .expect("run nfs-ls");
+    assert!(!listing.status.success(), "nfs-ls from a refused address succeeded");
+    assert!(
+        gateway.log_tail().contains("client address not allowed"),
+        "no log line for the refusal\n{}",
+        gateway.log_tail()
+    );
+    gateway.stop();
+    let mut cluster = cluster;
+    cluster.stop();
 }
 
 #[test]
