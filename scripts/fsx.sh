@@ -9,13 +9,13 @@
 # fsx checks every read against its own model of the file and stops at the
 # first difference; this script exits non-zero if any seed failed, and
 # prints one line `fsx: seed S: N ops ok` (or FAILED) per seed, then a total.
+# SOHOFS_TEST_MOUNT=PATH runs against a mount that is already there instead.
 set -euo pipefail
 
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=lib/cluster.sh
 source "$repo_root/scripts/lib/cluster.sh"
 
-FSX_VERSION=0.3.2
 tools_root=${SOHOFS_TOOLS:-$HOME/.cache/sohofs/tools}
 fsx=$tools_root/bin/fsx
 
@@ -26,12 +26,7 @@ seeds=("$@")
 
 log() { printf 'fsx.sh: %s\n' "$*" >&2; }
 
-if [[ ! -x $fsx ]] || [[ $("$fsx" --version 2>/dev/null) != *"$FSX_VERSION"* ]]; then
-    log "installing fsx $FSX_VERSION into $tools_root"
-    # Its own target folder: the build must not touch the project's.
-    CARGO_TARGET_DIR=$tools_root/build cargo install --locked --quiet \
-        fsx --version "$FSX_VERSION" --root "$tools_root"
-fi
+"$repo_root/scripts/install-tools.sh"
 
 scratch=$(mktemp -d "${TMPDIR:-/tmp}/sohofs-fsx.XXXXXX")
 finish() {
@@ -41,7 +36,13 @@ finish() {
 trap finish EXIT
 trap 'exit 130' INT TERM
 
-cluster_up "$scratch" --nodes 6 --k 4 --m 2
+if [[ -n ${SOHOFS_TEST_MOUNT:-} ]]; then
+    # A mount someone else runs (the e2e test's cluster): use it as it is.
+    cluster_is_mounted "$SOHOFS_TEST_MOUNT" || { log "nothing mounted at $SOHOFS_TEST_MOUNT"; exit 1; }
+    CLUSTER_MOUNT=$SOHOFS_TEST_MOUNT
+else
+    cluster_up "$scratch" --nodes 6 --k 4 --m 2
+fi
 
 # Every operation fsx has that a Linux file system without hole punching
 # supports: pread/pwrite, mmap reads and writes with msync, MS_INVALIDATE,

@@ -11,13 +11,13 @@
 # scripts/pjdfstest/expected-failures (each one explained in README.md).
 # Needs root (pjdfstest switches users) and the `sohofs` binary
 # ($SOHOFS_BIN, else $CARGO_TARGET_DIR/debug/sohofs).
+# SOHOFS_TEST_MOUNT=PATH runs against a mount that is already there instead.
 set -euo pipefail
 
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=lib/cluster.sh
 source "$repo_root/scripts/lib/cluster.sh"
 
-PJDFSTEST_VERSION=0.2.2
 tools_root=${SOHOFS_TOOLS:-$HOME/.cache/sohofs/tools}
 pjdfstest=$tools_root/bin/pjdfstest
 
@@ -25,12 +25,7 @@ log() { printf 'pjdfstest.sh: %s\n' "$*" >&2; }
 
 [[ $(id -u) -eq 0 ]] || { log "run as root: pjdfstest switches users"; exit 1; }
 
-if [[ ! -x $pjdfstest ]] || [[ $("$pjdfstest" --version 2>/dev/null) != *"$PJDFSTEST_VERSION"* ]]; then
-    log "installing pjdfstest $PJDFSTEST_VERSION into $tools_root"
-    # Its own target folder: the build must not touch the project's.
-    CARGO_TARGET_DIR=$tools_root/build cargo install --locked --quiet \
-        pjdfstest --version "$PJDFSTEST_VERSION" --root "$tools_root"
-fi
+"$repo_root/scripts/install-tools.sh"
 
 # The users pjdfstest switches to: `nobody` comes with Debian, `tests` not.
 if ! getent passwd tests >/dev/null; then
@@ -49,7 +44,13 @@ finish() {
 trap finish EXIT
 trap 'exit 130' INT TERM
 
-cluster_up "$scratch" --nodes 6 --k 4 --m 2
+if [[ -n ${SOHOFS_TEST_MOUNT:-} ]]; then
+    # A mount someone else runs (the e2e test's cluster): use it as it is.
+    cluster_is_mounted "$SOHOFS_TEST_MOUNT" || { log "nothing mounted at $SOHOFS_TEST_MOUNT"; exit 1; }
+    CLUSTER_MOUNT=$SOHOFS_TEST_MOUNT
+else
+    cluster_up "$scratch" --nodes 6 --k 4 --m 2
+fi
 
 # Failures we know of and explain in README.md: one test name a line, `#`
 # starts a comment. pjdfstest counts them apart and does not fail on them.
