@@ -8,6 +8,8 @@ PACKAGES=(
     clang libclang-dev pkg-config # bindgen for RocksDB
     fuse3 libfuse3-dev            # FUSE mounts (fusermount3) and fuser
     attr rsync git sqlite3        # tools the end-to-end tests drive
+    build-essential               # make + cc: the C build on the mount (workloads)
+    gocryptfs                     # the peer in benches/peers.sh
     slapd ldap-utils              # real OpenLDAP for keyring tests
     libnfs-utils                  # NFSv3 client for gateway tests
     age                           # key envelopes cross-checked with the age CLI

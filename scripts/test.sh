@@ -14,7 +14,7 @@ export SOHOFS_BIN="${SOHOFS_BIN:-$CARGO_TARGET_DIR/debug/sohofs}"
 
 FUZZ_SECONDS_PER_TARGET=20
 
-steps=(install-deps fmt clippy build test fuzz)
+steps=(install-deps fmt clippy build tools test fuzz)
 declare -A outcome=()
 current=""
 started_at=$SECONDS
@@ -59,6 +59,8 @@ run_step install-deps scripts/install-deps.sh
 run_step fmt cargo fmt --all --check
 run_step clippy cargo clippy --workspace --all-targets -- -D warnings
 run_step build cargo build -p sohofs-control --bin sohofs
+# pjdfstest and fsx from crates.io, which tests/tests/posix_suites.rs runs.
+run_step tools scripts/install-tools.sh
 # --no-fail-fast: one failing test binary must not hide the others.
 run_step test cargo test --workspace --no-fail-fast
 if [[ -f scripts/fuzz.sh ]]; then

@@ -11,7 +11,10 @@ use sohofs_storage::node::{self, NodeConfig};
 use sohofs_storage::shard_store::DiskShardStore;
 
 pub const CHUNK_BYTES_DEFAULT: u32 = 4 * 1024 * 1024;
-pub const INLINE_BYTES_MAX_DEFAULT: u32 = 2048;
+/// Files up to this size (one page) are kept inline, sealed, in their chunk
+/// record at meta: a small file then costs one commit at meta instead of
+/// k+m shard writes (each fsynced on its node) and the commit.
+pub const INLINE_BYTES_MAX_DEFAULT: u32 = 4096;
 
 #[derive(Subcommand)]
 pub enum MetaVerb {

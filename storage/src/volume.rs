@@ -298,7 +298,7 @@ impl Volume {
         Ok(self.with_local_view(attr).await)
     }
 
-    /// Lays this client's uncommitted size and mtime over meta's attributes.
+    /// Lays this client's uncommitted size and times over meta's attributes.
     async fn with_local_view(&self, mut attr: Attr) -> Attr {
         if let Some(file) = self.open_file(attr.ino) {
             let state = file.state.lock().await;
@@ -307,6 +307,9 @@ impl Volume {
             }
             if let Some(mtime) = state.mtime {
                 attr.mtime = attr.mtime.max(mtime);
+                // A write changes the status too (POSIX); meta sets the same
+                // ctime when the write commits.
+                attr.ctime = attr.ctime.max(mtime);
             }
         }
         attr

@@ -17,6 +17,7 @@
 pub mod cluster;
 pub mod diff;
 pub mod gateway;
+pub mod manifest;
 pub mod mounts;
 pub mod process;
 pub mod status;

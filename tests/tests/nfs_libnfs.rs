@@ -28,7 +28,7 @@ const FUSE_TIMEOUT: Duration = Duration::from_secs(120);
 const LISTING_FILES: usize = 2_000;
 const LISTING_HARD_LINKS: usize = 200;
 /// Sizes that cross the inline bound, a chunk boundary and several chunks.
-const FILE_SIZES: [usize; 7] = [0, 1, 2048, 2049, 100_000, (4 << 20) + 123, 9 << 20];
+const FILE_SIZES: [usize; 7] = [0, 1, 4096, 4097, 100_000, (4 << 20) + 123, 9 << 20];
 
 fn nfs_command(cluster: &Cluster, program: &str, args: &[&str]) -> std::process::Output {
     let mut command = Command::new(program);
