@@ -384,6 +384,9 @@ fn measure(what: &str, path: &Path, mib: u64, pattern: &mut Pattern, guard: &Gua
     })
 }
 
+const NFS_FOLDER: &str = "nfs-throughput";
+const NFS_FILE: &str = "data.bin";
+
 /// `nfs-cp` of `mib` MiB into the volume through `sohofs nfs serve` on the
 /// running cluster, then out again. The source is a plain-disk file made from
 /// `pattern` before the clock starts; the copy that comes back and the file
@@ -405,8 +408,12 @@ fn measure_nfs(
     }
     drop(file);
     let gateway = NfsGateway::start(&settings.sohofs_bin, &work.join("cluster").join("sohofs.toml"), work)?;
+    // libnfs takes the URL's last component as the file and the rest as the
+    // export path to mount, so the file lives in a folder below the export.
+    let folder = mountpoint.join(NFS_FOLDER);
+    std::fs::create_dir_all(&folder).with_context(|| format!("create {}", folder.display()))?;
     let url = format!(
-        "nfs://127.0.0.1/nfs-throughput.bin?nfsport={port}&mountport={port}&version=3",
+        "nfs://127.0.0.1/{NFS_FOLDER}/{NFS_FILE}?nfsport={port}&mountport={port}&version=3",
         port = gateway.port
     );
 
@@ -425,7 +432,7 @@ fn measure_nfs(
     check_pattern("NFS copy out", &back, mib, pattern, guard)?;
     check_pattern(
         "NFS copy seen through FUSE",
-        &mountpoint.join("nfs-throughput.bin"),
+        &folder.join(NFS_FILE),
         mib,
         pattern,
         guard,

@@ -192,6 +192,8 @@ pub enum MetaRequest {
     },
     Nodes,
     Status,
+    /// Make every change meta has answered so far durable (fsync, NFS).
+    Sync,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]

@@ -433,6 +433,7 @@ fn cases() -> Vec<Box<dyn Vector>> {
             "meta_request_heartbeat.bin",
             MetaRequest::Heartbeat { node: node_record() },
         ),
+        body("meta_request_sync.bin", MetaRequest::Sync),
         body("meta_response_ok.bin", MetaResponse::Ok),
         body("meta_response_inode.bin", MetaResponse::Inode(inode_file())),
         body(

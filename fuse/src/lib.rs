@@ -415,8 +415,7 @@ impl Filesystem for SohoFs {
     }
 
     fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        // Namespace changes are durable at meta before they are answered.
-        reply.ok();
+        self.spawn(|v| async move { reply_empty(reply, v.fsync_dir().await) });
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

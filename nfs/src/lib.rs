@@ -216,6 +216,8 @@ impl SohoNfs {
     /// The file system serving the directory `export_root` of `volume`.
     pub fn new(volume: Volume, export_root: &Attr, root_squash: bool) -> SohoNfs {
         let volume_id = volume.record().volume_id;
+        // NFSv3 replies to changes promise stable storage (RFC 1813).
+        volume.set_sync_every_change(true);
         let open_files = OpenFiles::start(volume.clone());
         let nfs = SohoNfs {
             fsid: (volume_id as u64) ^ ((volume_id >> 64) as u64),

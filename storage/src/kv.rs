@@ -45,8 +45,12 @@ pub trait KvStore: Send + Sync + 'static {
     /// Entries whose key starts with `prefix` and is greater than `after`
     /// (or all, with `None`), in key order, at most `limit`.
     fn scan(&self, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> FsResult<Vec<(Vec<u8>, Vec<u8>)>>;
-    /// Applies `batch` atomically; it is durable (WAL synced) on return.
+    /// Applies `batch` atomically. On return it survives a crash of this
+    /// process (it is in the log, in the kernel's page cache); it survives a
+    /// crash of the machine once [`KvStore::sync`] has returned.
     fn write(&self, batch: Batch) -> FsResult<()>;
+    /// Makes every write that has returned so far durable (syncs the log).
+    fn sync(&self) -> FsResult<()>;
 }
 
 #[cfg(feature = "rocksdb")]
@@ -107,9 +111,15 @@ impl KvStore for RocksKv {
                 KvOp::Delete(key) => write_batch.delete(key),
             }
         }
+        // Not synced: a sync per change cost more than the rest of a create.
+        // Meta syncs the log where durability is promised (`Meta::sync`).
         let mut options = rocksdb::WriteOptions::default();
-        options.set_sync(true);
+        options.set_sync(false);
         self.db.write_opt(write_batch, &options).map_err(rocks_error)
+    }
+
+    fn sync(&self) -> FsResult<()> {
+        self.db.flush_wal(true).map_err(rocks_error)
     }
 }
 
@@ -151,6 +161,10 @@ impl KvStore for MemKv {
                 }
             }
         }
+        Ok(())
+    }
+
+    fn sync(&self) -> FsResult<()> {
         Ok(())
     }
 }

@@ -33,6 +33,8 @@ pub const READ_CHUNKS_MAX: u32 = 256;
 /// Most shards the garbage collector deletes per pass.
 pub const GC_BATCH_MAX: usize = 512;
 pub const GC_INTERVAL: Duration = Duration::from_secs(2);
+/// How often meta syncs its log when no client asked for it.
+pub const LOG_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
 const RENAME_NOREPLACE: u32 = 1;
 const XATTR_CREATE: u32 = 1;
@@ -996,7 +998,20 @@ impl Meta {
     }
 
     /// The next shards to delete, with their queue keys.
+    /// Makes every change answered so far durable. Changes are written to
+    /// the log unsynced (a crash of the meta process loses none; a crash of
+    /// its machine loses at most the last [`LOG_SYNC_INTERVAL`]); this is
+    /// where durability is promised: a client's fsync, every NFS change,
+    /// and before shards are deleted on the strength of a change.
+    pub fn sync(&self) -> FsResult<()> {
+        self.kv.sync()
+    }
+
+    /// The shards queued for deletion. The log is synced first: a queued
+    /// shard was replaced or freed by a change that must not be undone by a
+    /// crash once the shard is gone.
     pub fn gc_batch(&self) -> FsResult<Vec<(Vec<u8>, GcRecord)>> {
+        self.kv.sync()?;
         self.kv
             .scan(keys::GC_PREFIX, None, GC_BATCH_MAX)?
             .into_iter()
@@ -1083,6 +1098,10 @@ impl Meta {
             }
             MetaRequest::Nodes => MetaResponse::Nodes(self.nodes()?),
             MetaRequest::Status => MetaResponse::Status(self.status()?),
+            MetaRequest::Sync => {
+                self.sync()?;
+                MetaResponse::Ok
+            }
         })
     }
 }
@@ -1127,7 +1146,21 @@ pub async fn run_meta(meta: Arc<Meta>, listen: &str) -> std::io::Result<()> {
     let handler = Arc::new(MetaHandler { meta: meta.clone() });
     tokio::select! {
         _ = crate::rpc::serve(listener, handler) => Ok(()),
-        _ = gc_loop(meta, transport) => Ok(()),
+        _ = gc_loop(meta.clone(), transport) => Ok(()),
+        _ = log_sync_loop(meta) => Ok(()),
+    }
+}
+
+/// Syncs the log every [`LOG_SYNC_INTERVAL`], bounding what a crash of the
+/// meta machine can take to changes no client had fsynced, as a local file
+/// system's journal commit interval does.
+async fn log_sync_loop(meta: Arc<Meta>) {
+    loop {
+        tokio::time::sleep(LOG_SYNC_INTERVAL).await;
+        let meta = meta.clone();
+        if let Ok(Err(error)) = tokio::task::spawn_blocking(move || meta.sync()).await {
+            tracing::error!(%error, "cannot sync the metadata log");
+        }
     }
 }
 

@@ -172,6 +172,10 @@ struct Inner {
     /// never fetch the same chunk twice.
     loads: StdMutex<HashMap<ChunkKey, Arc<Mutex<()>>>>,
     flush_slots: Arc<Semaphore>,
+    /// Whether every change waits until meta has made it durable (the NFS
+    /// gateway: NFSv3 replies promise stable storage); otherwise only fsync
+    /// does, as on a local file system.
+    sync_every_change: std::sync::atomic::AtomicBool,
 }
 
 /// A mounted view of the volume. Cheap to clone; all clones share state.
@@ -218,6 +222,7 @@ impl Volume {
                 std::num::NonZeroUsize::new(CHUNK_CACHE_ENTRIES_MAX).expect("non-zero cache size"),
             )),
             loads: StdMutex::new(HashMap::new()),
+            sync_every_change: std::sync::atomic::AtomicBool::new(false),
             flush_slots: Arc::new(Semaphore::new(SPANS_IN_FLIGHT_MAX)),
         });
         let volume = Volume { inner };
@@ -277,7 +282,25 @@ impl Volume {
     }
 
     async fn meta(&self, request: MetaRequest) -> FsResult<MetaResponse> {
-        self.inner.meta.call(&request).await
+        let response = self.inner.meta.call(&request).await?;
+        let sync = self.inner.sync_every_change.load(std::sync::atomic::Ordering::Relaxed);
+        if sync && changes_volume(&request) && !matches!(response, MetaResponse::Error(_)) {
+            self.sync().await?;
+        }
+        Ok(response)
+    }
+
+    /// Makes every change of this client durable at meta before it is
+    /// answered, not only at fsync. For servers whose protocol promises it.
+    pub fn set_sync_every_change(&self, on: bool) {
+        self.inner
+            .sync_every_change
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Waits until every change meta has answered is durable.
+    async fn sync(&self) -> FsResult<()> {
+        expect_ok(self.inner.meta.call(&MetaRequest::Sync).await?)
     }
 
     // ----- namespace -----
@@ -412,7 +435,7 @@ impl Volume {
     /// Creates a regular file and opens it.
     pub async fn create(&self, parent: Ino, name: &[u8], perm: u16, uid: u32, gid: u32) -> FsResult<Attr> {
         let attr = self.mknod(parent, name, FileKind::File, perm, uid, gid, 0).await?;
-        self.open(attr.ino).await?;
+        self.open_with_size(attr.ino, Some(attr.size)).await?;
         Ok(attr)
     }
 
@@ -565,6 +588,12 @@ impl Volume {
     /// Opens a file for I/O. The first open of a file on this client drops
     /// what it cached of the file (close-to-open consistency).
     pub async fn open(&self, ino: Ino) -> FsResult<()> {
+        self.open_with_size(ino, None).await
+    }
+
+    /// [`Volume::open`], given the size meta reported in the same exchange
+    /// (a file just created), which saves asking again at the first write.
+    async fn open_with_size(&self, ino: Ino, fresh_size: Option<u64>) -> FsResult<()> {
         expect_ok(
             self.meta(MetaRequest::Open {
                 ino,
@@ -581,7 +610,8 @@ impl Volume {
             let mut book = file.book();
             if state.spans.is_empty() && book.pending.is_empty() {
                 book.clear_records();
-                state.size_known = false;
+                state.size_known = fresh_size.is_some();
+                state.size = fresh_size.unwrap_or(0);
                 drop(book);
                 drop(state);
                 self.drop_cached(ino);
@@ -618,8 +648,15 @@ impl Volume {
         self.flush_locked(ino, &file, &mut state).await
     }
 
+    /// Flushes `ino` and makes it, and every other change so far, durable.
     pub async fn fsync(&self, ino: Ino) -> FsResult<()> {
-        self.flush(ino).await
+        self.flush(ino).await?;
+        self.sync().await
+    }
+
+    /// fsync of a directory: its entries are changes at meta.
+    pub async fn fsync_dir(&self) -> FsResult<()> {
+        self.sync().await
     }
 
     async fn flush_locked(&self, ino: Ino, file: &Arc<OpenFile>, state: &mut FileState) -> FsResult<()> {
@@ -1446,5 +1483,34 @@ impl Volume {
             };
             (index, result)
         }
+    }
+}
+
+/// Whether `request` changes what meta stores (and so may need a sync).
+fn changes_volume(request: &MetaRequest) -> bool {
+    match request {
+        MetaRequest::SetAttr { .. }
+        | MetaRequest::Create { .. }
+        | MetaRequest::Link { .. }
+        | MetaRequest::Unlink { .. }
+        | MetaRequest::Rmdir { .. }
+        | MetaRequest::Rename { .. }
+        | MetaRequest::SetXattr { .. }
+        | MetaRequest::RemoveXattr { .. }
+        | MetaRequest::CommitWrite { .. } => true,
+        MetaRequest::Volume
+        | MetaRequest::Lookup { .. }
+        | MetaRequest::GetAttr { .. }
+        | MetaRequest::ReadDir { .. }
+        | MetaRequest::GetXattr { .. }
+        | MetaRequest::ListXattr { .. }
+        | MetaRequest::StatFs
+        | MetaRequest::ReadChunks { .. }
+        | MetaRequest::Open { .. }
+        | MetaRequest::Release { .. }
+        | MetaRequest::Heartbeat { .. }
+        | MetaRequest::Nodes
+        | MetaRequest::Status
+        | MetaRequest::Sync => false,
     }
 }

@@ -625,6 +625,10 @@ impl KvStore for RacingKv {
     fn write(&self, batch: Batch) -> sohofs_storage::FsResult<()> {
         self.inner.write(batch)
     }
+
+    fn sync(&self) -> sohofs_storage::FsResult<()> {
+        self.inner.sync()
+    }
 }
 
 fn racing_meta(store: &Store) -> (Arc<RacingKv>, Arc<Meta>) {

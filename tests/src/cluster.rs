@@ -255,6 +255,27 @@ impl Cluster {
         });
     }
 
+    /// A crash of every process of the cluster at once: SIGKILL to `up`,
+    /// meta and every node, then the dead mount is detached. Nothing gets
+    /// to flush or sync; what the kernel already holds stays (as when the
+    /// processes, not the machine, die). `start_again` restarts it.
+    pub fn crash(&mut self) {
+        let mut up = self.up.take().expect("`up` is running");
+        for pid in pids_with_tag(&self.tag) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        let _ = up.kill();
+        let _ = up.wait();
+        wait_until("every process of the cluster is dead", GONE_TIMEOUT, || {
+            let left = pids_with_tag(&self.tag);
+            match left.is_empty() {
+                true => Ok(()),
+                false => Err(format!("still running: {}", describe_pids(&left))),
+            }
+        });
+        crate::mounts::force_unmount(&self.mount_dir);
+    }
+
     pub fn options(&self) -> ClusterOptions {
         self.options
     }
