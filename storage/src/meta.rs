@@ -2,8 +2,9 @@
 //! the node registry and the garbage-collection queue, over a [`KvStore`].
 //!
 //! Every mutation takes the one namespace lock, reads what it needs, and ends
-//! in one atomic, synced batch: a crash leaves either all of an operation or
-//! none of it. Meta never sees a key or a byte of plaintext file data.
+//! in one atomic batch: a crash leaves either all of an operation or none of
+//! it. Batches go to the log unsynced; [`Meta::sync`] is where durability is
+//! promised. Meta never sees a key or a byte of plaintext file data.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -997,7 +998,6 @@ impl Meta {
         Ok(status)
     }
 
-    /// The next shards to delete, with their queue keys.
     /// Makes every change answered so far durable. Changes are written to
     /// the log unsynced (a crash of the meta process loses none; a crash of
     /// its machine loses at most the last [`LOG_SYNC_INTERVAL`]); this is
@@ -1007,7 +1007,7 @@ impl Meta {
         self.kv.sync()
     }
 
-    /// The shards queued for deletion. The log is synced first: a queued
+    /// The next shards to delete, with their queue keys. The log is synced first: a queued
     /// shard was replaced or freed by a change that must not be undone by a
     /// crash once the shard is gone.
     pub fn gc_batch(&self) -> FsResult<Vec<(Vec<u8>, GcRecord)>> {
