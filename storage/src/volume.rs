@@ -1511,6 +1511,10 @@ fn changes_volume(request: &MetaRequest) -> bool {
         | MetaRequest::Heartbeat { .. }
         | MetaRequest::Nodes
         | MetaRequest::Status
-        | MetaRequest::Sync => false,
+        | MetaRequest::Sync
+        | MetaRequest::Rebuild
+        | MetaRequest::ReportCorrupt { .. }
+        | MetaRequest::Scrub { .. }
+        | MetaRequest::ListChunks { .. } => false,
     }
 }
