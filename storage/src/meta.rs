@@ -973,15 +973,14 @@ impl Meta {
         let mut out = Vec::new();
         for (_, value) in self.scan_all(keys::NODE_PREFIX)? {
             let record = NodeRecord::decode(&value)?;
-            let silent = liveness
-                .get(&record.id)
-                .map_or_else(|| self.started.elapsed(), |l| l.last_seen.elapsed());
+            let seen = liveness.get(&record.id).map(|l| l.last_seen.elapsed());
+            let silent = seen.unwrap_or_else(|| self.started.elapsed());
             out.push((
                 NodeHealth {
                     id: record.id,
                     host: record.host,
                     free_bytes: record.free_bytes,
-                    reachable: silent < self.down_after.min(self.heal.grace_period),
+                    reachable: seen.is_some_and(|s| s < self.down_after.min(self.heal.grace_period)),
                     lost: silent >= self.heal.grace_period,
                 },
                 record.addr,

@@ -20,6 +20,8 @@ const OPTIONS: ClusterOptions = ClusterOptions { nodes: 6, k: 4, m: 2 };
 const SHARD_HEADER_BYTES: u64 = 64;
 /// Stripes whose shards the test damages.
 const STRIPES_DAMAGED: usize = 24;
+/// Stripes damaged afterwards for reads to find.
+const READ_DAMAGED: usize = 4;
 
 const COPY_TIMEOUT: Duration = Duration::from_secs(300);
 const HASH_TIMEOUT: Duration = Duration::from_secs(300);
@@ -62,7 +64,11 @@ fn scrub_finds_and_repairs_every_flipped_shard() {
     // Damage one or two shards (never more than m = 2) of each of many
     // stripes, on nodes that change from stripe to stripe.
     let stripes = stripes(&cluster);
-    assert!(stripes.len() >= STRIPES_DAMAGED, "only {} stripes", stripes.len());
+    assert!(
+        stripes.len() >= STRIPES_DAMAGED + READ_DAMAGED,
+        "only {} stripes",
+        stripes.len()
+    );
     let mut damaged: BTreeSet<PathBuf> = BTreeSet::new();
     for (number, stripe) in stripes.iter().take(STRIPES_DAMAGED).enumerate() {
         let per_stripe = 1 + number % 2;
@@ -104,6 +110,37 @@ fn scrub_finds_and_repairs_every_flipped_shard() {
     .expect("read every file through a fresh client");
     assert_trees_equal(&expected, &actual, "after scrub repaired the flipped shards");
     client.stop();
+
+    // Reads report the corrupt shards they meet: damage data shard 0 of a
+    // few stripes, read everything through a fresh client (which decodes
+    // with parity instead), and meta rewrites each damaged shard as it was.
+    let mut originals = Vec::new();
+    for stripe in stripes.iter().skip(STRIPES_DAMAGED).take(READ_DAMAGED) {
+        let (index, node) = stripe.shards[0];
+        let path = shard_path(&cluster, node, &stripe.piece, index);
+        originals.push((path.clone(), fs::read(&path).unwrap()));
+        flip_payload_byte(&path, &mut rng);
+    }
+    let client = cluster.mount_client();
+    let client_dir = client.mount_dir().to_path_buf();
+    let actual = bounded("hash the tree through a fresh client", HASH_TIMEOUT, move || {
+        hash_tree(&client_dir)
+    })
+    .expect("read every file through a fresh client");
+    assert_trees_equal(&expected, &actual, "reading around shards damaged after the scrub");
+    client.stop();
+    wait_until("the shards reads found corrupt are rewritten", SCRUB_TIMEOUT, || {
+        let left = originals
+            .iter()
+            .filter(|(path, original)| fs::read(path).ok().as_ref() != Some(original))
+            .count();
+        match left {
+            0 => Ok(()),
+            left => Err(format!("{left} of {} still damaged", originals.len())),
+        }
+    });
+    let third = scrub(&cluster);
+    assert_eq!(number(&third, "shards_corrupt"), 0, "{third}");
 }
 
 /// `DIR/nodes/<node>/data/shards/<first two hex digits>/<piece>.<index>`.
