@@ -19,6 +19,9 @@ struct ScrubJson {
     shards_checked: u64,
     shards_corrupt: u64,
     shards_repaired: u64,
+    /// Corrupt shards that no chunk references (garbage or a write in
+    /// flight): nothing to repair.
+    shards_unreferenced: u64,
 }
 
 /// `now`: read at full speed instead of each node's scrub bandwidth.
@@ -41,6 +44,7 @@ pub async fn run(config_path: &Path, now: bool, json: bool) -> Result<()> {
         shards_checked: report.shards_checked,
         shards_corrupt: report.shards_corrupt,
         shards_repaired: report.shards_repaired,
+        shards_unreferenced: report.shards_unreferenced,
     };
     if json {
         println!(
@@ -49,14 +53,16 @@ pub async fn run(config_path: &Path, now: bool, json: bool) -> Result<()> {
         );
     } else {
         println!(
-            "scrub: {} nodes, {} shards checked, {} corrupt, {} repaired",
-            out.nodes_scrubbed, out.shards_checked, out.shards_corrupt, out.shards_repaired
+            "scrub: {} nodes, {} shards checked, {} corrupt, {} repaired, {} unreferenced (garbage, not repaired)",
+            out.nodes_scrubbed, out.shards_checked, out.shards_corrupt, out.shards_repaired, out.shards_unreferenced
         );
     }
-    if out.shards_repaired < out.shards_corrupt {
+    let unrepaired = out
+        .shards_corrupt
+        .saturating_sub(out.shards_repaired + out.shards_unreferenced);
+    if unrepaired > 0 {
         anyhow::bail!(
-            "{} corrupt shards are not repaired yet (too few readable shards, or no node to take them); meta keeps trying",
-            out.shards_corrupt - out.shards_repaired
+            "{unrepaired} corrupt shards are not repaired yet (too few readable shards, or no node to take them); meta keeps trying"
         );
     }
     Ok(())

@@ -136,6 +136,10 @@ pub struct ScrubReport {
     pub shards_checked: u64,
     pub shards_corrupt: u64,
     pub shards_repaired: u64,
+    /// Corrupt shards that no chunk record references (replaced data
+    /// waiting for the collector, or a write not committed yet): nothing
+    /// to repair.
+    pub shards_unreferenced: u64,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]

@@ -551,7 +551,8 @@ fn cases() -> Vec<Box<dyn Vector>> {
                 nodes_scrubbed: 6,
                 shards_checked: 6000,
                 shards_corrupt: 7,
-                shards_repaired: 7,
+                shards_repaired: 6,
+                shards_unreferenced: 1,
             }),
         ),
         body(

@@ -82,7 +82,7 @@ impl Healer {
         loop {
             tokio::time::sleep(HEAL_INTERVAL).await;
             let _pass = self.pass_lock.lock().await;
-            if let Err(error) = self.pass().await {
+            if let Err(error) = self.pass().await.map(drop) {
                 tracing::warn!(%error, "repair pass failed");
             }
         }
@@ -103,8 +103,9 @@ impl Healer {
     }
 
     /// Plans and carries out one round of repairs; returns the old locations
-    /// of the shards it repaired. The caller holds `pass_lock`.
-    async fn pass(&self) -> FsResult<Vec<ShardRef>> {
+    /// of the shards it repaired, and the suspects no record references.
+    /// The caller holds `pass_lock`.
+    async fn pass(&self) -> FsResult<(Vec<ShardRef>, Vec<ShardRef>)> {
         let meta = self.meta.clone();
         let (view, stripes, addrs) = blocking(move || meta.repair_view()).await?;
         let plan = plan_repairs(&view, &stripes);
@@ -119,7 +120,7 @@ impl Healer {
         self.meta.set_rebuild_status(status.clone());
         let mut repaired = Vec::new();
         if plan.commands.is_empty() {
-            return Ok(repaired);
+            return Ok((repaired, plan.stale_suspects));
         }
         tracing::info!(
             chunks = plan.chunks_left,
@@ -180,7 +181,7 @@ impl Healer {
             seconds = started.elapsed().as_secs_f64(),
             "repair pass done"
         );
-        Ok(repaired)
+        Ok((repaired, plan.stale_suspects))
     }
 
     /// Rebuilds the shards of one command; returns the moves committed
@@ -365,16 +366,18 @@ impl Healer {
         let found_list: Vec<ShardRef> = found.iter().copied().collect();
         tracing::warn!(corrupt = found.len(), "scrub found corrupt shards; repairing");
         self.meta.add_suspects(&found_list);
-        let mut repaired = HashSet::new();
+        let (mut repaired, mut unreferenced) = (HashSet::new(), HashSet::new());
         for _ in 0..SCRUB_REPAIR_PASSES_MAX {
-            let done = self.pass().await?;
+            let (done, stale) = self.pass().await?;
             repaired.extend(done.into_iter().filter(|shard| found.contains(shard)));
+            unreferenced.extend(stale.into_iter().filter(|shard| found.contains(shard)));
             if found.iter().all(|shard| !self.meta.is_suspect(shard)) {
                 break;
             }
             tokio::time::sleep(HEAL_INTERVAL).await;
         }
         report.shards_repaired = repaired.len() as u64;
+        report.shards_unreferenced = unreferenced.len() as u64;
         Ok(report)
     }
 }

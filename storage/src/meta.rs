@@ -989,14 +989,24 @@ impl Meta {
         Ok(out)
     }
 
-    /// What repair planning needs: node liveness, the suspects, and every
-    /// striped piece of every chunk record.
+    /// What repair planning needs: node liveness, the suspects, the GC
+    /// queue, and every striped piece of every chunk record.
     pub fn repair_view(&self) -> FsResult<(ClusterView, Vec<StripeView>, HashMap<NodeId, String>)> {
         let health = self.node_health()?;
         let addrs = health.iter().map(|(n, addr)| (n.id, addr.clone())).collect();
+        let mut gc_pending = HashSet::new();
+        for (_, value) in self.scan_all(keys::GC_PREFIX)? {
+            let gc = GcRecord::decode(&value)?;
+            gc_pending.insert(ShardRef {
+                node: gc.node,
+                piece_id: gc.piece_id,
+                shard_index: gc.shard_index,
+            });
+        }
         let view = ClusterView {
             nodes: health.into_iter().map(|(n, _)| n).collect(),
             suspects: self.suspects.lock().expect("suspects lock").clone(),
+            gc_pending,
         };
         let mut stripes = Vec::new();
         for (key, value) in self.scan_all(keys::CHUNK_PREFIX)? {

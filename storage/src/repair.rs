@@ -14,6 +14,7 @@
 //!   rebuild, and its host stays taken;
 //! - a missing shard goes to a node on a host that holds no other shard of
 //!   the stripe (the host is the failure domain), most free space first;
+//! - never onto a node where the GC queue still holds the same piece;
 //! - stripes with the least redundancy left come first.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -40,6 +41,11 @@ pub struct ClusterView {
     pub nodes: Vec<NodeHealth>,
     /// Shards reported corrupt (by scrub or by reads) and not yet repaired.
     pub suspects: HashSet<ShardRef>,
+    /// Shards waiting in the GC queue. A shard is never rebuilt onto a node
+    /// that still has its piece queued for deletion there: the collector
+    /// would delete the new copy (a shard moved away from a node that was
+    /// lost and came back, then moved back to it).
+    pub gc_pending: HashSet<ShardRef>,
 }
 
 /// One striped piece of one chunk, as its chunk record holds it.
@@ -205,6 +211,9 @@ pub fn plan_repairs(view: &ClusterView, stripes: &[StripeView]) -> RepairPlan {
                 _ => None,
             })
             .collect();
+        for pending in view.gc_pending.iter().filter(|g| g.piece_id == stripe.piece_id) {
+            taken_nodes.insert(pending.node);
+        }
         let targets = choose_nodes(
             &candidates,
             missing.len(),
@@ -316,6 +325,7 @@ mod tests {
         let view = ClusterView {
             nodes: seven(),
             suspects: HashSet::new(),
+            gc_pending: HashSet::new(),
         };
         let plan = plan_repairs(&view, &[stripe(1, &all_on(1)), stripe(2, &all_on(2))]);
         assert_eq!(plan, RepairPlan::default());
@@ -328,6 +338,7 @@ mod tests {
         let view = ClusterView {
             nodes,
             suspects: HashSet::new(),
+            gc_pending: HashSet::new(),
         };
         let plan = plan_repairs(&view, &[stripe(1, &all_on(1))]);
         assert_eq!(plan.commands.len(), 1);
@@ -356,6 +367,7 @@ mod tests {
         let view = ClusterView {
             nodes,
             suspects: HashSet::new(),
+            gc_pending: HashSet::new(),
         };
         let plan = plan_repairs(&view, &[stripe(1, &all_on(1))]);
         assert_eq!(plan, RepairPlan::default());
@@ -369,6 +381,7 @@ mod tests {
         let view = ClusterView {
             nodes,
             suspects: HashSet::new(),
+            gc_pending: HashSet::new(),
         };
         let plan = plan_repairs(&view, &[stripe(1, &[Some(1), Some(2), Some(3), Some(4), None, None])]);
         let moves = &plan.commands[0].moves;
@@ -390,6 +403,7 @@ mod tests {
         let view = ClusterView {
             nodes,
             suspects: HashSet::new(),
+            gc_pending: HashSet::new(),
         };
         let plan = plan_repairs(&view, &[stripe(1, &all_on(1))]);
         assert!(plan.commands.is_empty());
@@ -404,6 +418,7 @@ mod tests {
         let view = ClusterView {
             nodes,
             suspects: HashSet::new(),
+            gc_pending: HashSet::new(),
         };
         let one_lost = stripe(1, &all_on(2)); // nodes 2..=7: loses node 2
         let two_lost = stripe(2, &all_on(1)); // nodes 1..=6: loses 1 and 2
@@ -434,6 +449,7 @@ mod tests {
         let view = ClusterView {
             nodes: seven(),
             suspects: [corrupt, stale].into(),
+            gc_pending: HashSet::new(),
         };
         let plan = plan_repairs(&view, &[stripe(1, &all_on(1))]);
         assert_eq!(
@@ -449,12 +465,34 @@ mod tests {
     }
 
     #[test]
+    fn never_onto_a_node_that_still_has_the_piece_queued_for_deletion() {
+        // Shard 2 once moved from node 7 to node 3; node 7 came back with
+        // its old copy queued for GC, and now node 3 is lost.
+        let mut nodes = seven();
+        lose(&mut nodes, 3);
+        nodes.push(node(8, "h8"));
+        let view = ClusterView {
+            nodes,
+            suspects: HashSet::new(),
+            gc_pending: [ShardRef {
+                node: 7,
+                piece_id: 1,
+                shard_index: 2,
+            }]
+            .into(),
+        };
+        let plan = plan_repairs(&view, &[stripe(1, &all_on(1))]);
+        assert_eq!(plan.commands[0].moves[0].to, 8);
+    }
+
+    #[test]
     fn plans_are_deterministic() {
         let mut nodes = seven();
         lose(&mut nodes, 5);
         let view = ClusterView {
             nodes,
             suspects: HashSet::new(),
+            gc_pending: HashSet::new(),
         };
         let stripes: Vec<StripeView> = (1..=20).map(|p| stripe(p, &all_on(1 + (p as u64 % 2)))).collect();
         assert_eq!(plan_repairs(&view, &stripes), plan_repairs(&view, &stripes));

@@ -91,6 +91,7 @@ fn scrub_finds_and_repairs_every_flipped_shard() {
     assert_eq!(number(&first, "nodes_scrubbed"), 6, "{first}");
     assert_eq!(number(&first, "shards_corrupt"), corrupted, "{first}");
     assert_eq!(number(&first, "shards_repaired"), corrupted, "{first}");
+    assert_eq!(number(&first, "shards_unreferenced"), 0, "{first}");
     assert!(number(&first, "shards_checked") >= stripes.len() as u64 * 6, "{first}");
 
     let second = scrub(&cluster);
