@@ -12,7 +12,10 @@ use std::collections::HashSet;
 use std::fs;
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
@@ -32,6 +35,10 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Grace period, then rebuilding every shard the node held, throttled.
 const REBUILD_TIMEOUT: Duration = Duration::from_secs(300);
 const VERB_TIMEOUT: Duration = Duration::from_secs(60);
+/// The contract: a silent node shows down within ~10 s.
+const DOWN_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long node 2 stays paused in the grace-period test (grace: 30 s).
+const PAUSE: Duration = Duration::from_secs(12);
 
 #[test]
 fn a_lost_node_is_rebuilt_without_a_command_and_two_more_may_die() {
@@ -124,6 +131,71 @@ fn a_lost_node_is_rebuilt_without_a_command_and_two_more_may_die() {
     .expect("read every file through a fresh client");
     assert_trees_equal(&expected, &actual, "after rebuilding node 3 and losing nodes 5 and 6");
     client.stop();
+}
+
+/// A node that is silent for longer than it takes to show `down`, but back
+/// within the grace period, causes no rebuild: every shard stays where it
+/// was and the rebuild has nothing to do meanwhile.
+#[test]
+fn a_node_back_within_the_grace_period_causes_no_rebuild() {
+    // Shown down after 5 s of silence; lost only after 30 s.
+    let cluster = Cluster::start_with_up_args(ClusterOptions { nodes: 6, k: 4, m: 2 }, &["--grace-period", "30"]);
+    let source = cluster.scratch_dir("source");
+    write_files(&source, &mut StdRng::seed_from_u64(rand::random()));
+    let mut copy = Command::new("cp");
+    copy.arg("-a").arg(source.join(".")).arg(cluster.mount_dir());
+    run_ok(copy, cluster.tag(), COPY_TIMEOUT);
+    wait_until("every chunk healthy", SETTLE_TIMEOUT, || {
+        let status = status_json(&cluster)?;
+        match number(&status["volume"], "chunks_degraded")? {
+            0 => Ok(()),
+            degraded => Err(format!("{degraded} degraded")),
+        }
+    });
+    let before = stripes(&cluster);
+
+    let pid = Pid::from_raw(cluster.node_pid(2));
+    kill(pid, Signal::SIGSTOP).expect("SIGSTOP node 2");
+    let paused = Instant::now();
+    wait_until("node 2 shown down", DOWN_TIMEOUT, || {
+        let status = status_json(&cluster)?;
+        match nodes_in_state(&status, "down").as_slice() {
+            [2] => Ok(()),
+            other => Err(format!("down: {other:?}")),
+        }
+    });
+    // Well inside the grace period: degraded, not lost, nothing to rebuild.
+    while paused.elapsed() < PAUSE {
+        let status = status_json(&cluster).expect("status while node 2 is paused");
+        let node_2 = &status["nodes"].as_array().expect("nodes")[1];
+        assert_eq!(node_2["lost"], Value::Bool(false), "{node_2}");
+        assert_eq!(
+            number(&status["volume"]["rebuild"], "chunks_left").unwrap(),
+            0,
+            "{status}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    kill(pid, Signal::SIGCONT).expect("SIGCONT node 2");
+    wait_until("node 2 up again and every chunk healthy", SETTLE_TIMEOUT, || {
+        let status = status_json(&cluster)?;
+        match (
+            nodes_in_state(&status, "down").len(),
+            number(&status["volume"], "chunks_degraded")?,
+        ) {
+            (0, 0) => Ok(()),
+            other => Err(format!("(down, degraded) = {other:?}")),
+        }
+    });
+    assert!(
+        paused.elapsed() < Duration::from_secs(30),
+        "the pause outlasted the grace period"
+    );
+    assert_eq!(
+        stripes(&cluster),
+        before,
+        "shards moved although node 2 came back within the grace period"
+    );
 }
 
 /// Files over one chunk, files of a few shards' worth, and tiny files that
