@@ -49,8 +49,9 @@ pub trait ShardStore: Send + Sync + 'static {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ScrubOutcome {
     pub shards_checked: u64,
-    /// Shards that failed their hash (or whose header is damaged), at most
-    /// [`SCRUB_CORRUPT_LISTED_MAX`].
+    /// Shards that failed their hash, whose header is damaged, or that could
+    /// not be read (an I/O error: a bad sector loses the shard just the
+    /// same), at most [`SCRUB_CORRUPT_LISTED_MAX`].
     pub corrupt: Vec<ShardKey>,
 }
 
@@ -65,12 +66,13 @@ pub fn scrub(store: &dyn ShardStore, bytes_per_s: u64) -> FsResult<ScrubOutcome>
     for key in store.list()? {
         match store.get(key) {
             Ok(payload) => bytes_read += (payload.len() + SHARD_HEADER_BYTES) as u64,
-            Err(error) if error.is_corruption() => {
+            Err(FsError::NotFound) => continue,
+            Err(error) if error.is_corruption() || matches!(error, FsError::Io(_)) => {
+                tracing::warn!(%error, "scrub: shard unreadable");
                 if outcome.corrupt.len() < SCRUB_CORRUPT_LISTED_MAX {
                     outcome.corrupt.push(key);
                 }
             }
-            Err(FsError::NotFound) => continue,
             Err(error) => return Err(error),
         }
         outcome.shards_checked += 1;
