@@ -8,7 +8,7 @@
 //! node can never get back to zero degraded chunks (the planner leaves such
 //! shards missing rather than put two on one host).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::path::Path;
 use std::process::Command;
@@ -37,8 +37,11 @@ const REBUILD_TIMEOUT: Duration = Duration::from_secs(300);
 const VERB_TIMEOUT: Duration = Duration::from_secs(60);
 /// The contract: a silent node shows down within ~10 s.
 const DOWN_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long node 2 stays paused in the grace-period test (grace: 30 s).
-const PAUSE: Duration = Duration::from_secs(12);
+/// The grace period of the test that pauses a node for less than that.
+const GRACE_PERIOD_LONG: Duration = Duration::from_secs(60);
+/// How long node 2 stays paused before the late writes (well inside the
+/// grace period).
+const PAUSE: Duration = Duration::from_secs(10);
 
 #[test]
 fn a_lost_node_is_rebuilt_without_a_command_and_two_more_may_die() {
@@ -68,7 +71,7 @@ fn a_lost_node_is_rebuilt_without_a_command_and_two_more_may_die() {
     let chunks_total = number(&settled["volume"], "chunks_total").unwrap();
     let stripes_before = stripes(&cluster);
     let on_lost_node = stripes_before
-        .iter()
+        .values()
         .filter(|stripe| stripe.iter().any(|(node, _)| *node == Some(3)))
         .count();
     assert!(on_lost_node > 10, "node 3 holds shards of {on_lost_node} stripes only");
@@ -111,14 +114,13 @@ fn a_lost_node_is_rebuilt_without_a_command_and_two_more_may_die() {
     // Every stripe whole again, off node 3, one shard per host.
     let stripes_after = stripes(&cluster);
     assert_eq!(stripes_after.len(), stripes_before.len());
-    for stripe in &stripes_after {
-        assert_eq!(stripe.len(), 6, "{stripe:?}");
-        let hosts: HashSet<&str> = stripe.iter().map(|(_, host)| host.as_deref().unwrap_or("")).collect();
+    assert!(stripes_after.keys().eq(stripes_before.keys()), "the same pieces");
+    for stripe in stripes_after.values() {
         assert!(
-            stripe.iter().all(|(node, _)| node.is_some() && *node != Some(3)),
-            "a shard is unplaced or still on the lost node: {stripe:?}"
+            stripe.iter().all(|(node, _)| *node != Some(3)),
+            "a shard is still on the lost node: {stripe:?}"
         );
-        assert_eq!(hosts.len(), 6, "two shards of a stripe on one host: {stripe:?}");
+        assert_whole_on_distinct_hosts(stripe);
     }
 
     cluster.kill_node(5);
@@ -137,9 +139,12 @@ fn a_lost_node_is_rebuilt_without_a_command_and_two_more_may_die() {
 /// within the grace period, causes no rebuild: every shard stays where it
 /// was and the rebuild has nothing to do meanwhile.
 #[test]
-fn a_node_back_within_the_grace_period_causes_no_rebuild() {
-    // Shown down after 5 s of silence; lost only after 30 s.
-    let cluster = Cluster::start_with_up_args(ClusterOptions { nodes: 6, k: 4, m: 2 }, &["--grace-period", "30"]);
+fn a_node_back_within_the_grace_period_causes_no_rebuild_and_takes_the_unplaced_shards() {
+    // Shown down after 5 s of silence; lost only after the grace period.
+    let cluster = Cluster::start_with_up_args(
+        ClusterOptions { nodes: 6, k: 4, m: 2 },
+        &["--grace-period", &GRACE_PERIOD_LONG.as_secs().to_string()],
+    );
     let source = cluster.scratch_dir("source");
     write_files(&source, &mut StdRng::seed_from_u64(rand::random()));
     let mut copy = Command::new("cp");
@@ -176,6 +181,28 @@ fn a_node_back_within_the_grace_period_causes_no_rebuild() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+    // Written while node 2 is down: five hosts for six shards, so each
+    // stripe gets one shard with no node (a degraded write).
+    let late_source = cluster.scratch_dir("late");
+    for i in 0..8 {
+        let mut rng = StdRng::seed_from_u64(rand::random());
+        let size = rng.gen_range(64 << 10..2 << 20);
+        write_random(&late_source.join(format!("late-{i}.bin")), size, &mut rng);
+    }
+    let mut copy = Command::new("cp");
+    copy.arg("-a").arg(&late_source).arg(cluster.mount_dir());
+    run_ok(copy, cluster.tag(), COPY_TIMEOUT);
+    let during = stripes(&cluster);
+    let unplaced: Vec<&String> = during
+        .iter()
+        .filter(|(_, shards)| shards.iter().any(|(node, _)| node.is_none()))
+        .map(|(piece, _)| piece)
+        .collect();
+    assert!(
+        unplaced.len() >= 8,
+        "only {} stripes with an unplaced shard",
+        unplaced.len()
+    );
     kill(pid, Signal::SIGCONT).expect("SIGCONT node 2");
     wait_until("node 2 up again and every chunk healthy", SETTLE_TIMEOUT, || {
         let status = status_json(&cluster)?;
@@ -187,15 +214,59 @@ fn a_node_back_within_the_grace_period_causes_no_rebuild() {
             other => Err(format!("(down, degraded) = {other:?}")),
         }
     });
+    let paused_for = paused.elapsed();
     assert!(
-        paused.elapsed() < Duration::from_secs(30),
-        "the pause outlasted the grace period"
+        paused_for < GRACE_PERIOD_LONG,
+        "the pause ({paused_for:?}) outlasted the grace period: the test proves nothing"
     );
-    assert_eq!(
-        stripes(&cluster),
-        before,
-        "shards moved although node 2 came back within the grace period"
+    wait_until("the unplaced shards are added on node 2", REBUILD_TIMEOUT, || {
+        let status = status_json(&cluster)?;
+        match number(&status["volume"]["rebuild"], "chunks_left")? {
+            0 => Ok(()),
+            left => Err(format!("{left} chunks left")),
+        }
+    });
+    let after = stripes(&cluster);
+    for (piece, shards) in &before {
+        assert_eq!(
+            after.get(piece),
+            Some(shards),
+            "shards moved although node 2 came back within the grace period"
+        );
+    }
+    for piece in unplaced {
+        let shards = &after[piece];
+        assert_whole_on_distinct_hosts(shards);
+        let was = &during[piece];
+        for (index, (node, _)) in shards.iter().enumerate() {
+            match was[index].0 {
+                None => assert_eq!(*node, Some(2), "the unplaced shard goes to the host that came back"),
+                Some(old) => assert_eq!(*node, Some(old), "placed shards stay"),
+            }
+        }
+    }
+    let client = cluster.mount_client();
+    let client_dir = client.mount_dir().join("late");
+    let actual = bounded("hash the late files through a fresh client", HASH_TIMEOUT, move || {
+        hash_tree(&client_dir)
+    })
+    .expect("read the late files");
+    assert_trees_equal(
+        &hash_tree(&late_source).unwrap(),
+        &actual,
+        "files written while node 2 was down",
     );
+    client.stop();
+}
+
+fn assert_whole_on_distinct_hosts(shards: &Shards) {
+    assert_eq!(shards.len(), 6, "{shards:?}");
+    assert!(
+        shards.iter().all(|(node, _)| node.is_some()),
+        "a shard is unplaced: {shards:?}"
+    );
+    let hosts: HashSet<&str> = shards.iter().map(|(_, host)| host.as_deref().unwrap_or("")).collect();
+    assert_eq!(hosts.len(), 6, "two shards of a stripe on one host: {shards:?}");
 }
 
 /// Files over one chunk, files of a few shards' worth, and tiny files that
@@ -256,8 +327,11 @@ fn nodes_in_state(status: &Value, state: &str) -> Vec<u64> {
         .unwrap_or_default()
 }
 
-/// `sohofs debug stripes --json`: each stripe's shards as (node, host).
-fn stripes(cluster: &Cluster) -> Vec<Vec<(Option<u64>, Option<String>)>> {
+type Shards = Vec<(Option<u64>, Option<String>)>;
+
+/// `sohofs debug stripes --json`: each stripe's piece id and its shards as
+/// (node, host), in index order.
+fn stripes(cluster: &Cluster) -> BTreeMap<String, Shards> {
     let output = cluster.run_verb(&["debug", "stripes", "--json"], VERB_TIMEOUT);
     assert!(
         output.status.success(),
@@ -270,12 +344,13 @@ fn stripes(cluster: &Cluster) -> Vec<Vec<(Option<u64>, Option<String>)>> {
         .expect("a list of stripes")
         .iter()
         .map(|stripe| {
-            stripe["shards"]
+            let shards = stripe["shards"]
                 .as_array()
                 .expect("shards")
                 .iter()
                 .map(|shard| (shard["node"].as_u64(), shard["host"].as_str().map(str::to_string)))
-                .collect()
+                .collect();
+            (stripe["piece"].as_str().expect("piece id").to_string(), shards)
         })
         .collect()
 }
