@@ -30,11 +30,11 @@ pub struct ClusterConfig {
 pub struct HealSection {
     /// A node silent for longer than this is lost and its shards are rebuilt.
     pub grace_period_s: u64,
-    /// Shard bytes rebuilt per second at most.
+    /// Shard bytes rebuilt per second at most (0: no limit).
     pub rebuild_bytes_per_s: u64,
     /// Each node re-hashes all its shards this often (0: only on `sohofs scrub`).
     pub scrub_interval_s: u64,
-    /// Shard bytes a scheduled scrub reads per second at most.
+    /// Shard bytes a scheduled scrub reads per second at most (0: no limit).
     pub scrub_bytes_per_s: u64,
 }
 

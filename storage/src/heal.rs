@@ -41,6 +41,7 @@ pub const SCRUB_REPAIR_PASSES_MAX: usize = 10;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HealSettings {
     pub grace_period: Duration,
+    /// 0: no limit.
     pub rebuild_bytes_per_s: u64,
 }
 
