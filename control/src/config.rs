@@ -19,6 +19,34 @@ pub struct ClusterConfig {
     pub volume: VolumeSection,
     #[serde(default)]
     pub nodes: Vec<NodeSection>,
+    /// Healing: grace period, rebuild bandwidth, scrub schedule. A config
+    /// written before healing existed gets the defaults.
+    #[serde(default)]
+    pub heal: HealSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct HealSection {
+    /// A node silent for longer than this is lost and its shards are rebuilt.
+    pub grace_period_s: u64,
+    /// Shard bytes rebuilt per second at most (0: no limit).
+    pub rebuild_bytes_per_s: u64,
+    /// Each node re-hashes all its shards this often (0: only on `sohofs scrub`).
+    pub scrub_interval_s: u64,
+    /// Shard bytes a scheduled scrub reads per second at most (0: no limit).
+    pub scrub_bytes_per_s: u64,
+}
+
+impl Default for HealSection {
+    fn default() -> Self {
+        HealSection {
+            grace_period_s: sohofs_storage::heal::GRACE_PERIOD_DEFAULT.as_secs(),
+            rebuild_bytes_per_s: sohofs_storage::heal::REBUILD_BYTES_PER_S_DEFAULT,
+            scrub_interval_s: sohofs_storage::node::SCRUB_INTERVAL_DEFAULT.as_secs(),
+            scrub_bytes_per_s: sohofs_storage::node::SCRUB_BYTES_PER_S_DEFAULT,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -126,10 +154,19 @@ mod tests {
                 dir: "nodes/1".into(),
                 host: "local-1".into(),
             }],
+            heal: HealSection {
+                grace_period_s: 3,
+                ..HealSection::default()
+            },
         };
         let path = dir.path().join(CONFIG_FILE);
         config.save(&path).unwrap();
         assert_eq!(ClusterConfig::load(&path).unwrap(), config);
+        // A config from before healing existed loads with the defaults.
+        let old = std::fs::read_to_string(&path).unwrap();
+        let old = old.split("[heal]").next().unwrap().to_string();
+        std::fs::write(&path, old).unwrap();
+        assert_eq!(ClusterConfig::load(&path).unwrap().heal, HealSection::default());
         create_key(&dir.path().join(KEY_FILE)).unwrap();
         let mode = std::fs::metadata(dir.path().join(KEY_FILE))
             .unwrap()

@@ -5,8 +5,10 @@
 //! Exit codes: 0 success, 1 failure (the message says what), 2 bad usage.
 
 mod config;
+mod debug;
 mod mount;
 mod nfs;
+mod scrub;
 mod services;
 mod status;
 mod up;
@@ -50,6 +52,23 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Re-hash every shard on every node and repair the corrupt ones;
+    /// prints what was checked, found and repaired when done.
+    Scrub {
+        #[arg(long)]
+        config: PathBuf,
+        /// At full speed, not at the nodes' scrub bandwidth.
+        #[arg(long)]
+        now: bool,
+        /// Print JSON instead of a line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read-only views of meta's records (placement, never data).
+    Debug {
+        #[command(subcommand)]
+        verb: debug::DebugVerb,
     },
     /// The metadata service.
     Meta {
@@ -107,6 +126,8 @@ fn main() {
             Command::Mount { config, mountpoint } => mount::run(&config, &mountpoint).await,
             Command::Nfs { verb } => nfs::run(verb).await,
             Command::Status { config, json } => status::run(&config, json).await,
+            Command::Scrub { config, now, json } => scrub::run(&config, now, json).await,
+            Command::Debug { verb } => debug::run(verb).await,
             Command::Meta { verb } => services::meta(verb).await,
             Command::Node { verb } => services::node(verb).await,
         }

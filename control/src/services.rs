@@ -2,12 +2,14 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
+use sohofs_storage::heal::{self, HealSettings};
 use sohofs_storage::kv::RocksKv;
 use sohofs_storage::meta::{self, Meta, VolumeParams};
-use sohofs_storage::node::{self, NodeConfig};
+use sohofs_storage::node::{self, NodeConfig, ScrubSchedule};
 use sohofs_storage::shard_store::DiskShardStore;
 
 pub const CHUNK_BYTES_DEFAULT: u32 = 4 * 1024 * 1024;
@@ -36,6 +38,12 @@ pub enum MetaVerb {
         write_quorum: Option<u8>,
         #[arg(long, default_value_t = CHUNK_BYTES_DEFAULT)]
         chunk_bytes: u32,
+        /// Seconds a node may be silent before its shards are rebuilt elsewhere.
+        #[arg(long, value_name = "SECS", default_value_t = heal::GRACE_PERIOD_DEFAULT.as_secs())]
+        grace_period: u64,
+        /// Shard bytes rebuilt per second at most.
+        #[arg(long, default_value_t = heal::REBUILD_BYTES_PER_S_DEFAULT)]
+        rebuild_bytes_per_s: u64,
     },
 }
 
@@ -57,6 +65,12 @@ pub enum NodeVerb {
         /// Failure domain name (the machine); defaults to this host's name.
         #[arg(long)]
         host: Option<String>,
+        /// Seconds between scrubs of every shard (0: only on `sohofs scrub`).
+        #[arg(long, value_name = "SECS", default_value_t = node::SCRUB_INTERVAL_DEFAULT.as_secs())]
+        scrub_interval: u64,
+        /// Shard bytes a scrub reads per second at most.
+        #[arg(long, default_value_t = node::SCRUB_BYTES_PER_S_DEFAULT)]
+        scrub_bytes_per_s: u64,
     },
 }
 
@@ -91,6 +105,8 @@ pub async fn meta(verb: MetaVerb) -> Result<()> {
         m,
         write_quorum,
         chunk_bytes,
+        grace_period,
+        rebuild_bytes_per_s,
     } = verb;
     let write_quorum = write_quorum.unwrap_or_else(|| default_write_quorum(k, m));
     check_geometry(k, m, write_quorum, chunk_bytes)?;
@@ -105,7 +121,11 @@ pub async fn meta(verb: MetaVerb) -> Result<()> {
             chunk_bytes,
             inline_bytes_max: INLINE_BYTES_MAX_DEFAULT,
         };
-        Ok(Meta::open(kv, Some(params), meta::NODE_DOWN_AFTER_DEFAULT)?)
+        let heal = HealSettings {
+            grace_period: Duration::from_secs(grace_period),
+            rebuild_bytes_per_s,
+        };
+        Ok(Meta::open(kv, Some(params), meta::NODE_DOWN_AFTER_DEFAULT)?.with_heal(heal))
     })
     .await??;
     let meta = Arc::new(meta);
@@ -122,6 +142,8 @@ pub async fn node(verb: NodeVerb) -> Result<()> {
         listen,
         meta,
         host,
+        scrub_interval,
+        scrub_bytes_per_s,
     } = verb;
     let host = match host {
         Some(host) => host,
@@ -134,6 +156,10 @@ pub async fn node(verb: NodeVerb) -> Result<()> {
         let dir = dir.clone();
         tokio::task::spawn_blocking(move || DiskShardStore::open(&dir)).await??
     };
+    let scrub = ScrubSchedule {
+        interval: (scrub_interval > 0).then(|| Duration::from_secs(scrub_interval)),
+        bytes_per_s: scrub_bytes_per_s,
+    };
     let config = NodeConfig {
         id,
         advertise: listen.clone(),
@@ -142,7 +168,7 @@ pub async fn node(verb: NodeVerb) -> Result<()> {
         meta_addrs: meta,
     };
     tokio::select! {
-        served = node::run_node(config, Arc::new(store)) => served.context("serve node"),
+        served = node::run_node_with(config, Arc::new(store), scrub) => served.context("serve node"),
         _ = crate::up::terminated() => Ok(()),
     }
 }

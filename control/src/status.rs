@@ -18,6 +18,8 @@ struct NodeJson {
     addr: String,
     host: String,
     state: &'static str,
+    /// Silent past the grace period: its shards are being rebuilt elsewhere.
+    lost: bool,
     capacity_bytes: u64,
     used_bytes: u64,
     free_bytes: u64,
@@ -34,6 +36,17 @@ struct VolumeJson {
     chunks_healthy: u64,
     chunks_degraded: u64,
     chunks_unreadable: u64,
+    rebuild: RebuildJson,
+}
+
+#[derive(Serialize)]
+struct RebuildJson {
+    chunks_left: u64,
+    bytes_left: u64,
+    bytes_per_s: u64,
+    chunks_unrecoverable: u64,
+    /// Seconds left at the current speed; null when idle or not yet measured.
+    eta_s: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -58,6 +71,10 @@ pub async fn run(config_path: &Path, json: bool) -> Result<()> {
         MetaResponse::Status(status) => status,
         other => anyhow::bail!("meta answered Status with {other:?}"),
     };
+    let rebuild = match call(&meta, MetaRequest::Rebuild).await.with_context(context)? {
+        MetaResponse::Rebuild(rebuild) => rebuild,
+        other => anyhow::bail!("meta answered Rebuild with {other:?}"),
+    };
     let report = StatusJson {
         nodes: nodes
             .into_iter()
@@ -66,6 +83,7 @@ pub async fn run(config_path: &Path, json: bool) -> Result<()> {
                 addr: n.record.addr,
                 host: n.record.host,
                 state: if n.up { "up" } else { "down" },
+                lost: rebuild.nodes_lost.contains(&n.record.id),
                 capacity_bytes: n.record.capacity_bytes,
                 used_bytes: n.record.used_bytes,
                 free_bytes: n.record.free_bytes,
@@ -81,6 +99,14 @@ pub async fn run(config_path: &Path, json: bool) -> Result<()> {
             chunks_healthy: health.chunks_healthy,
             chunks_degraded: health.chunks_degraded,
             chunks_unreadable: health.chunks_unreadable,
+            rebuild: RebuildJson {
+                chunks_left: rebuild.chunks_left,
+                bytes_left: rebuild.bytes_left,
+                bytes_per_s: rebuild.bytes_per_s,
+                chunks_unrecoverable: rebuild.chunks_unrecoverable,
+                eta_s: (rebuild.bytes_left > 0 && rebuild.bytes_per_s > 0)
+                    .then(|| rebuild.bytes_left.div_ceil(rebuild.bytes_per_s)),
+            },
         },
     };
     if json {
@@ -97,7 +123,7 @@ pub async fn run(config_path: &Path, json: bool) -> Result<()> {
             node.id,
             node.addr,
             node.host,
-            node.state,
+            if node.lost { "lost" } else { node.state },
             human_bytes(node.used_bytes),
             human_bytes(node.capacity_bytes),
             node.shards
@@ -115,7 +141,33 @@ pub async fn run(config_path: &Path, json: bool) -> Result<()> {
         v.chunks_degraded,
         v.chunks_unreadable
     );
+    let r = &v.rebuild;
+    if r.chunks_left > 0 || r.chunks_unrecoverable > 0 {
+        let eta = match r.eta_s {
+            Some(seconds) => format!("ETA {}", human_duration(seconds)),
+            None => "ETA unknown".into(),
+        };
+        println!(
+            "rebuild: {} chunks, {} left at {}/s, {eta}{}",
+            r.chunks_left,
+            human_bytes(r.bytes_left),
+            human_bytes(r.bytes_per_s),
+            if r.chunks_unrecoverable > 0 {
+                format!("; {} chunks have too few shards to rebuild now", r.chunks_unrecoverable)
+            } else {
+                String::new()
+            }
+        );
+    }
     Ok(())
+}
+
+fn human_duration(seconds: u64) -> String {
+    match seconds {
+        0..60 => format!("{seconds} s"),
+        60..3600 => format!("{} min {} s", seconds / 60, seconds % 60),
+        _ => format!("{} h {} min", seconds / 3600, seconds % 3600 / 60),
+    }
 }
 
 fn human_bytes(bytes: u64) -> String {

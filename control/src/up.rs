@@ -40,6 +40,10 @@ pub struct UpArgs {
     /// Where to mount the volume.
     #[arg(long, default_value = "./sohofs-mnt")]
     pub mount: PathBuf,
+    /// Seconds a node may be silent before its shards are rebuilt on other
+    /// hosts (kept in DIR/sohofs.toml; default 600).
+    #[arg(long, value_name = "SECS")]
+    pub grace_period: Option<u64>,
 }
 
 /// Resolves when the process gets SIGINT or SIGTERM.
@@ -141,11 +145,16 @@ fn prepare(args: &UpArgs, dir: &Path) -> Result<ClusterConfig> {
             host: format!("local-{id}"),
         });
     }
+    let mut heal = previous.as_ref().map(|p| p.heal.clone()).unwrap_or_default();
+    if let Some(grace_period) = args.grace_period {
+        heal.grace_period_s = grace_period;
+    }
     let config = ClusterConfig {
         meta: vec![reuse(previous.as_ref().and_then(|p| p.meta.first()))?],
         data_key_file: KEY_FILE.into(),
         volume,
         nodes,
+        heal,
     };
     config.save(&config_path)?;
     Ok(config)
@@ -322,6 +331,10 @@ async fn run_cluster(
         volume.write_quorum.to_string(),
         "--chunk-bytes".into(),
         volume.chunk_bytes.to_string(),
+        "--grace-period".into(),
+        config.heal.grace_period_s.to_string(),
+        "--rebuild-bytes-per-s".into(),
+        config.heal.rebuild_bytes_per_s.to_string(),
     ];
     let meta_child = children.meta.insert(spawn_child(&meta_args, &meta_log)?);
     wait_for_port(&meta_addr, meta_child, "meta", &meta_log).await?;
@@ -341,6 +354,10 @@ async fn run_cluster(
             meta_addr.clone(),
             "--host".into(),
             node.host.clone(),
+            "--scrub-interval".into(),
+            config.heal.scrub_interval_s.to_string(),
+            "--scrub-bytes-per-s".into(),
+            config.heal.scrub_bytes_per_s.to_string(),
         ];
         let child = spawn_child(&node_args, &log)?;
         if let Some(pid) = child.id() {

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ChunkRecord, Extent, FileKind, Ino, Inode, NodeRecord, TimeNs, VolumeRecord};
+use crate::{ChunkRecord, Extent, FileKind, Ino, Inode, NodeId, NodeRecord, TimeNs, VolumeRecord};
 
 /// The kind of a failure, sent instead of a string so that the caller can act
 /// on it. The volume API maps each to one POSIX error.
@@ -106,6 +106,42 @@ pub struct VolumeStatus {
     pub chunks_unreadable: u64,
 }
 
+/// One shard as one node holds it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ShardRef {
+    pub node: NodeId,
+    pub piece_id: u128,
+    pub shard_index: u8,
+}
+
+/// What healing has left to do, as meta last planned it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct RebuildStatus {
+    /// Chunks with at least one shard to rebuild or place.
+    pub chunks_left: u64,
+    /// Shard bytes still to write.
+    pub bytes_left: u64,
+    /// Shard bytes written per second, over the last pass.
+    pub bytes_per_s: u64,
+    /// Chunks with fewer than k readable shards now: nothing to rebuild from.
+    pub chunks_unrecoverable: u64,
+    /// Nodes silent for longer than the grace period, whose shards are rebuilt.
+    pub nodes_lost: Vec<NodeId>,
+}
+
+/// The outcome of a scrub of every node and the repairs it caused.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ScrubReport {
+    pub nodes_scrubbed: u64,
+    pub shards_checked: u64,
+    pub shards_corrupt: u64,
+    pub shards_repaired: u64,
+    /// Corrupt shards that no chunk record references (replaced data
+    /// waiting for the collector, or a write not committed yet): nothing
+    /// to repair.
+    pub shards_unreferenced: u64,
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum MetaRequest {
     Volume,
@@ -194,6 +230,23 @@ pub enum MetaRequest {
     Status,
     /// Make every change meta has answered so far durable (fsync, NFS).
     Sync,
+    /// Healing progress.
+    Rebuild,
+    /// Shards found corrupt by a read or a node's scrub: meta repairs them.
+    ReportCorrupt {
+        shards: Vec<ShardRef>,
+    },
+    /// Scrub every node that is up now, reading at most `bytes_per_s` on
+    /// each (0: each node's own setting), and repair what it finds;
+    /// answered when the repairs are done.
+    Scrub {
+        bytes_per_s: u64,
+    },
+    /// Chunk records in key order, starting after `(ino, index)`.
+    ListChunks {
+        after: Option<(Ino, u64)>,
+        limit: u32,
+    },
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -209,6 +262,9 @@ pub enum MetaResponse {
     Nodes(Vec<NodeStatus>),
     Status(VolumeStatus),
     Error(ErrorKind),
+    Rebuild(RebuildStatus),
+    Scrub(ScrubReport),
+    ChunkList(Vec<(Ino, u64, ChunkRecord)>),
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -228,6 +284,11 @@ pub enum NodeRequest {
         shard_index: u8,
     },
     Stat,
+    /// Re-hash every shard, reading at most `bytes_per_s` (0: the node's own
+    /// setting); answered when done.
+    Scrub {
+        bytes_per_s: u64,
+    },
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -242,4 +303,14 @@ pub enum NodeResponse {
         shards: u64,
     },
     Error(ErrorKind),
+    /// `corrupt` lists (piece id, shard index) of the shards that failed
+    /// their hash, at most [`SCRUB_CORRUPT_LISTED_MAX`].
+    Scrubbed {
+        shards_checked: u64,
+        corrupt: Vec<(u128, u8)>,
+    },
 }
+
+/// Most corrupt shards one scrub answer lists (18 bytes each at most, well
+/// inside a frame body).
+pub const SCRUB_CORRUPT_LISTED_MAX: usize = 65_536;

@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use sohofs_format::frame::{decode_body, encode_body, FrameKind};
 use sohofs_format::messages::{
     ChunkOp, ChunkWrite, DirEntry, ErrorKind, MetaRequest, MetaResponse, NewInode, NodeRequest, NodeResponse,
-    NodeStatus, SetAttr, TimeSet, VolumeStatus,
+    NodeStatus, RebuildStatus, ScrubReport, SetAttr, ShardRef, TimeSet, VolumeStatus,
 };
 use sohofs_format::{
     ChunkRecord, DecodeError, Dentry, Extent, FileKind, FrameHeader, GcRecord, Inode, NodeRecord, Piece, PieceBody,
@@ -508,6 +508,57 @@ fn cases() -> Vec<Box<dyn Vector>> {
             },
         ),
         body("node_response_error.bin", NodeResponse::Error(ErrorKind::Corrupt)),
+        body("node_request_scrub.bin", NodeRequest::Scrub { bytes_per_s: 64 << 20 }),
+        body(
+            "node_response_scrubbed.bin",
+            NodeResponse::Scrubbed {
+                shards_checked: 1000,
+                corrupt: vec![(0x0102_0304_0506_0708_090a_0b0c_0d0e_0f10, 5)],
+            },
+        ),
+        body("meta_request_rebuild.bin", MetaRequest::Rebuild),
+        body(
+            "meta_request_report_corrupt.bin",
+            MetaRequest::ReportCorrupt {
+                shards: vec![ShardRef {
+                    node: 3,
+                    piece_id: 0x0102_0304_0506_0708_090a_0b0c_0d0e_0f10,
+                    shard_index: 4,
+                }],
+            },
+        ),
+        body("meta_request_scrub.bin", MetaRequest::Scrub { bytes_per_s: 0 }),
+        body(
+            "meta_request_list_chunks.bin",
+            MetaRequest::ListChunks {
+                after: Some((4242, 7)),
+                limit: 64,
+            },
+        ),
+        body(
+            "meta_response_rebuild.bin",
+            MetaResponse::Rebuild(RebuildStatus {
+                chunks_left: 12,
+                bytes_left: 12 << 20,
+                bytes_per_s: 50 << 20,
+                chunks_unrecoverable: 1,
+                nodes_lost: vec![2, 5],
+            }),
+        ),
+        body(
+            "meta_response_scrub.bin",
+            MetaResponse::Scrub(ScrubReport {
+                nodes_scrubbed: 6,
+                shards_checked: 6000,
+                shards_corrupt: 7,
+                shards_repaired: 6,
+                shards_unreferenced: 1,
+            }),
+        ),
+        body(
+            "meta_response_chunk_list.bin",
+            MetaResponse::ChunkList(vec![(4242, 7, chunk_record())]),
+        ),
     ]
 }
 

@@ -204,9 +204,58 @@ pub fn decode_stripe(
     Ok(sealed)
 }
 
+/// Rebuilds every missing shard (data or parity) of a stripe from any
+/// `data_shards` of them. Works on ciphertext: no key is needed, which is
+/// why meta can repair stripes.
+pub fn rebuild_shards(
+    mut shards: Vec<Option<Vec<u8>>>,
+    data_shards: usize,
+    parity_shards: usize,
+) -> FsResult<Vec<Vec<u8>>> {
+    let present = shards.iter().filter(|s| s.is_some()).count();
+    if shards.len() != data_shards + parity_shards || present < data_shards {
+        return Err(FsError::Io(format!(
+            "only {present} of {} shards readable, {data_shards} needed",
+            data_shards + parity_shards
+        )));
+    }
+    let mut lengths = shards.iter().flatten().map(Vec::len);
+    let first = lengths.next().unwrap_or(0);
+    if lengths.any(|len| len != first) {
+        return Err(FsError::Corrupt("shards of one stripe differ in length".into()));
+    }
+    if present < shards.len() {
+        reed_solomon(data_shards, parity_shards)?
+            .reconstruct(&mut shards)
+            .map_err(|e| FsError::Io(format!("reconstruction failed: {}", leak_rs_error(e))))?;
+    }
+    Ok(shards
+        .into_iter()
+        .map(|s| s.expect("every shard is present after reconstruction"))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn missing_data_and_parity_shards_are_rebuilt_exactly() {
+        let sealed: Vec<u8> = (0..5_001u32).map(|i| (i * 13) as u8).collect();
+        let shards = encode_stripe(&sealed, 4, 2).unwrap();
+        let partial: Vec<Option<Vec<u8>>> = shards
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (i != 1 && i != 5).then(|| s.clone()))
+            .collect();
+        assert_eq!(rebuild_shards(partial, 4, 2).unwrap(), shards);
+        let too_few: Vec<Option<Vec<u8>>> = shards
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (i < 3).then(|| s.clone()))
+            .collect();
+        assert!(rebuild_shards(too_few, 4, 2).is_err());
+    }
 
     fn place() -> PiecePlace {
         PiecePlace {

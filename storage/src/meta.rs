@@ -6,7 +6,7 @@
 //! it. Batches go to the log unsynced; [`Meta::sync`] is where durability is
 //! promised. Meta never sees a key or a byte of plaintext file data.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -14,8 +14,8 @@ use bytes::Bytes;
 use sohofs_format::frame::{decode_body, encode_body};
 use sohofs_format::keys;
 use sohofs_format::messages::{
-    ChunkOp, ChunkWrite, DirEntry, MetaRequest, MetaResponse, NewInode, NodeStatus, SetAttr, StatFs, TimeSet,
-    VolumeStatus,
+    ChunkOp, ChunkWrite, DirEntry, MetaRequest, MetaResponse, NewInode, NodeStatus, RebuildStatus, SetAttr, ShardRef,
+    StatFs, TimeSet, VolumeStatus,
 };
 use sohofs_format::{
     ChunkRecord, Dentry, Extent, FileKind, GcRecord, Ino, Inode, NodeId, NodeRecord, PieceBody, TimeNs, VolumeRecord,
@@ -23,7 +23,9 @@ use sohofs_format::{
 };
 
 use crate::error::{FsError, FsResult};
+use crate::heal::HealSettings;
 use crate::kv::{Batch, KvStore};
+use crate::repair::{ClusterView, NodeHealth, ShardMove, StripeView};
 
 /// A node that has not heartbeated for this long is shown down.
 pub const NODE_DOWN_AFTER_DEFAULT: Duration = Duration::from_secs(5);
@@ -31,6 +33,8 @@ pub const NODE_DOWN_AFTER_DEFAULT: Duration = Duration::from_secs(5);
 pub const READDIR_ENTRIES_MAX: u32 = 1024;
 /// Most chunk records one ReadChunks call returns.
 pub const READ_CHUNKS_MAX: u32 = 256;
+/// Most shards one corruption report may name.
+pub const REPORTED_SHARDS_MAX: usize = sohofs_format::messages::SCRUB_CORRUPT_LISTED_MAX;
 /// Most shards the garbage collector deletes per pass.
 pub const GC_BATCH_MAX: usize = 512;
 pub const GC_INTERVAL: Duration = Duration::from_secs(2);
@@ -71,6 +75,13 @@ pub struct Meta {
     liveness: Mutex<HashMap<NodeId, Liveness>>,
     opens: Mutex<HashMap<Ino, HashMap<u64, u32>>>,
     down_after: Duration,
+    /// A node never heard from since this start counts as silent since then.
+    started: Instant,
+    heal: HealSettings,
+    /// Shards reported corrupt and not yet repaired (in memory: a restart
+    /// forgets them and the next scrub finds them again).
+    suspects: Mutex<HashSet<ShardRef>>,
+    rebuild: Mutex<RebuildStatus>,
 }
 
 /// The inodes an operation has read and changed, written out in its batch.
@@ -336,9 +347,23 @@ impl Meta {
             liveness: Mutex::new(HashMap::new()),
             opens: Mutex::new(HashMap::new()),
             down_after,
+            started: Instant::now(),
+            heal: HealSettings::default(),
+            suspects: Mutex::new(HashSet::new()),
+            rebuild: Mutex::new(RebuildStatus::default()),
         };
         meta.purge_orphans()?;
         Ok(meta)
+    }
+
+    /// Sets the grace period and rebuild bandwidth (defaults otherwise).
+    pub fn with_heal(mut self, heal: HealSettings) -> Meta {
+        self.heal = heal;
+        self
+    }
+
+    pub fn heal_settings(&self) -> HealSettings {
+        self.heal
     }
 
     pub fn volume(&self) -> &VolumeRecord {
@@ -922,19 +947,210 @@ impl Meta {
         Ok(())
     }
 
+    /// A node is shown down after [`NODE_DOWN_AFTER_DEFAULT`] of silence (or
+    /// the grace period, when that is shorter); only past the grace period
+    /// are its shards rebuilt (see [`Meta::node_health`]).
     pub fn nodes(&self) -> FsResult<Vec<NodeStatus>> {
         let liveness = self.liveness.lock().expect("liveness lock");
+        let down_after = self.down_after.min(self.heal.grace_period);
         let mut out = Vec::new();
         for (_, value) in self.scan_all(keys::NODE_PREFIX)? {
             let record = NodeRecord::decode(&value)?;
             let seen = liveness.get(&record.id).map(|l| l.last_seen.elapsed());
             out.push(NodeStatus {
-                up: seen.is_some_and(|s| s < self.down_after),
+                up: seen.is_some_and(|s| s < down_after),
                 last_seen_ms_ago: seen.map_or(u64::MAX, |s| s.as_millis() as u64),
                 record,
             });
         }
         Ok(out)
+    }
+
+    /// Every registered node with its liveness as repair sees it, and its
+    /// address.
+    pub fn node_health(&self) -> FsResult<Vec<(NodeHealth, String)>> {
+        let liveness = self.liveness.lock().expect("liveness lock");
+        let mut out = Vec::new();
+        for (_, value) in self.scan_all(keys::NODE_PREFIX)? {
+            let record = NodeRecord::decode(&value)?;
+            let seen = liveness.get(&record.id).map(|l| l.last_seen.elapsed());
+            let silent = seen.unwrap_or_else(|| self.started.elapsed());
+            out.push((
+                NodeHealth {
+                    id: record.id,
+                    host: record.host,
+                    free_bytes: record.free_bytes,
+                    reachable: seen.is_some_and(|s| s < self.down_after.min(self.heal.grace_period)),
+                    lost: silent >= self.heal.grace_period,
+                },
+                record.addr,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// What repair planning needs: node liveness, the suspects, the GC
+    /// queue, and every striped piece of every chunk record.
+    pub fn repair_view(&self) -> FsResult<(ClusterView, Vec<StripeView>, HashMap<NodeId, String>)> {
+        let health = self.node_health()?;
+        let addrs = health.iter().map(|(n, addr)| (n.id, addr.clone())).collect();
+        let mut gc_pending = HashSet::new();
+        for (_, value) in self.scan_all(keys::GC_PREFIX)? {
+            let gc = GcRecord::decode(&value)?;
+            gc_pending.insert(ShardRef {
+                node: gc.node,
+                piece_id: gc.piece_id,
+                shard_index: gc.shard_index,
+            });
+        }
+        let view = ClusterView {
+            nodes: health.into_iter().map(|(n, _)| n).collect(),
+            suspects: self.suspects.lock().expect("suspects lock").clone(),
+            gc_pending,
+        };
+        let mut stripes = Vec::new();
+        for (key, value) in self.scan_all(keys::CHUNK_PREFIX)? {
+            let Some((ino, chunk_index)) = keys::chunk_of(&key) else {
+                continue;
+            };
+            let record = ChunkRecord::decode(&value)?;
+            let mut seen = HashSet::new();
+            for extent in &record.extents {
+                if let PieceBody::Striped {
+                    sealed_len,
+                    data_shards,
+                    parity_shards,
+                    shards,
+                } = &extent.piece.body
+                {
+                    if seen.insert(extent.piece.id) {
+                        stripes.push(StripeView {
+                            ino,
+                            chunk_index,
+                            piece_id: extent.piece.id,
+                            sealed_len: *sealed_len,
+                            data_shards: *data_shards,
+                            parity_shards: *parity_shards,
+                            shards: shards.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        Ok((view, stripes, addrs))
+    }
+
+    pub fn add_suspects(&self, shards: &[ShardRef]) {
+        self.suspects
+            .lock()
+            .expect("suspects lock")
+            .extend(shards.iter().copied());
+    }
+
+    pub fn forget_suspects(&self, shards: &[ShardRef]) {
+        let mut suspects = self.suspects.lock().expect("suspects lock");
+        for shard in shards {
+            suspects.remove(shard);
+        }
+    }
+
+    pub fn is_suspect(&self, shard: &ShardRef) -> bool {
+        self.suspects.lock().expect("suspects lock").contains(shard)
+    }
+
+    /// Points the shards of `moves` at their new nodes, if the record still
+    /// holds piece `piece_id` with each shard where the plan found it; the
+    /// old locations go to the GC queue. If the record changed meanwhile (a
+    /// client rewrote the chunk), nothing changes and the rebuilt copies go
+    /// to the GC queue instead. Returns whether the repair was committed.
+    pub fn commit_repair(&self, ino: Ino, chunk_index: u64, piece_id: u128, moves: &[ShardMove]) -> FsResult<bool> {
+        let _guard = self.lock();
+        let key = keys::chunk(ino, chunk_index);
+        let mut record = match self.kv.get(&key)? {
+            Some(bytes) => Some(ChunkRecord::decode(&bytes)?),
+            None => None,
+        };
+        let unchanged = record.as_ref().is_some_and(|record| {
+            let mut holding = record.extents.iter().filter(|e| e.piece.id == piece_id).peekable();
+            holding.peek().is_some()
+                && holding.all(|extent| match &extent.piece.body {
+                    PieceBody::Striped { shards, .. } => moves.iter().all(|mv| {
+                        shards
+                            .get(mv.shard_index as usize)
+                            .is_some_and(|loc| loc.node == mv.from)
+                    }),
+                    PieceBody::Inline { .. } => false,
+                })
+        });
+        let mut txn = Txn::new(self);
+        let queue = |txn: &mut Txn, node: NodeId, shard_index: u8| -> FsResult<()> {
+            let seq = txn.next(GC_COUNTER)?;
+            let gc = GcRecord {
+                node,
+                piece_id,
+                shard_index,
+                queued: now_ns(),
+            };
+            txn.batch.put(keys::gc(seq), gc.encode());
+            Ok(())
+        };
+        match record.as_mut() {
+            Some(record) if unchanged => {
+                for extent in record.extents.iter_mut().filter(|e| e.piece.id == piece_id) {
+                    if let PieceBody::Striped { shards, .. } = &mut extent.piece.body {
+                        for mv in moves {
+                            shards[mv.shard_index as usize].node = Some(mv.to);
+                        }
+                    }
+                }
+                txn.batch.put(key, record.encode());
+                for mv in moves {
+                    if let Some(from) = mv.from.filter(|from| *from != mv.to) {
+                        queue(&mut txn, from, mv.shard_index)?;
+                    }
+                }
+            }
+            _ => {
+                // A shard rewritten in place has the key of the shard the
+                // client's change already queued; the rest are orphans now.
+                for mv in moves.iter().filter(|mv| mv.from != Some(mv.to)) {
+                    queue(&mut txn, mv.to, mv.shard_index)?;
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(unchanged)
+    }
+
+    /// Chunk records in key order after `after`, at most `limit`
+    /// (bounded by [`READ_CHUNKS_MAX`]).
+    pub fn list_chunks(&self, after: Option<(Ino, u64)>, limit: u32) -> FsResult<Vec<(Ino, u64, ChunkRecord)>> {
+        let after_key = after.map(|(ino, index)| keys::chunk(ino, index));
+        let limit = limit.clamp(1, READ_CHUNKS_MAX) as usize;
+        let mut out = Vec::new();
+        for (key, value) in self.kv.scan(keys::CHUNK_PREFIX, after_key.as_deref(), limit)? {
+            if let Some((ino, index)) = keys::chunk_of(&key) {
+                out.push((ino, index, ChunkRecord::decode(&value)?));
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn set_rebuild_status(&self, status: RebuildStatus) {
+        *self.rebuild.lock().expect("rebuild status lock") = status;
+    }
+
+    /// Healing progress as the heal service last reported it, with the
+    /// nodes lost now.
+    pub fn rebuild_status(&self) -> FsResult<RebuildStatus> {
+        let mut status = self.rebuild.lock().expect("rebuild status lock").clone();
+        status.nodes_lost = self
+            .node_health()?
+            .into_iter()
+            .filter(|(n, _)| n.lost)
+            .map(|(n, _)| n.id)
+            .collect();
+        Ok(status)
     }
 
     pub fn stat_fs(&self) -> FsResult<StatFs> {
@@ -1102,12 +1318,25 @@ impl Meta {
                 self.sync()?;
                 MetaResponse::Ok
             }
+            MetaRequest::Rebuild => MetaResponse::Rebuild(self.rebuild_status()?),
+            MetaRequest::ReportCorrupt { shards } => {
+                if shards.len() > REPORTED_SHARDS_MAX {
+                    return Err(FsError::Invalid("too many shards in one report"));
+                }
+                tracing::warn!(shards = shards.len(), "corrupt shards reported; repairing");
+                self.add_suspects(&shards);
+                MetaResponse::Ok
+            }
+            // Scrub needs the nodes: the heal service answers it (`heal.rs`).
+            MetaRequest::Scrub { .. } => return Err(FsError::Invalid("scrub is answered by the heal service")),
+            MetaRequest::ListChunks { after, limit } => MetaResponse::ChunkList(self.list_chunks(after, limit)?),
         })
     }
 }
 
 struct MetaHandler {
     meta: Arc<Meta>,
+    healer: Arc<crate::heal::Healer>,
 }
 
 impl crate::rpc::Handler for MetaHandler {
@@ -1117,6 +1346,13 @@ impl crate::rpc::Handler for MetaHandler {
                 tracing::debug!(%error, "undecodable meta request");
                 MetaResponse::Error(sohofs_format::messages::ErrorKind::Protocol)
             }
+            Ok(MetaRequest::Scrub { bytes_per_s }) => match self.healer.scrub_now(bytes_per_s).await {
+                Ok(report) => MetaResponse::Scrub(report),
+                Err(error) => {
+                    tracing::error!(%error, "scrub failed");
+                    MetaResponse::Error(error.kind())
+                }
+            },
             Ok(request) => {
                 let meta = self.meta.clone();
                 match tokio::task::spawn_blocking(move || meta.handle(request)).await {
@@ -1138,16 +1374,22 @@ impl crate::rpc::Handler for MetaHandler {
     }
 }
 
-/// Serves `meta` on `listen` and runs its garbage collector, until dropped.
+/// Serves `meta` on `listen` and runs its garbage collector and the heal
+/// service (rebuild, scrub repairs), until dropped.
 pub async fn run_meta(meta: Arc<Meta>, listen: &str) -> std::io::Result<()> {
     let transport = crate::rpc::Transport::default();
     let listener = transport.bind(listen).await?;
     tracing::info!(%listen, volume = %format!("{:032x}", meta.volume().volume_id), "meta serving");
-    let handler = Arc::new(MetaHandler { meta: meta.clone() });
+    let healer = Arc::new(crate::heal::Healer::new(meta.clone(), transport.clone()));
+    let handler = Arc::new(MetaHandler {
+        meta: meta.clone(),
+        healer: healer.clone(),
+    });
     tokio::select! {
         _ = crate::rpc::serve(listener, handler) => Ok(()),
         _ = gc_loop(meta.clone(), transport) => Ok(()),
         _ = log_sync_loop(meta) => Ok(()),
+        _ = healer.run() => Ok(()),
     }
 }
 

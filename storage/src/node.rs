@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sohofs_format::frame::{decode_body, encode_body};
-use sohofs_format::messages::{MetaRequest, NodeRequest, NodeResponse};
+use sohofs_format::messages::{MetaRequest, NodeRequest, NodeResponse, ShardRef};
 use sohofs_format::{NodeId, NodeRecord};
 
 use crate::error::{FsError, FsResult};
@@ -15,6 +15,28 @@ use crate::rpc::{self, Handler, Transport};
 use crate::shard_store::{ShardKey, ShardStore};
 
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// How fast a scrub reads shards unless configured otherwise: a fraction of
+/// a workstation disk, so that its owner does not notice.
+pub const SCRUB_BYTES_PER_S_DEFAULT: u64 = 32 * 1024 * 1024;
+/// How often a node scrubs all its shards unless configured otherwise.
+pub const SCRUB_INTERVAL_DEFAULT: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// When and how fast a node re-hashes its shards on its own.
+#[derive(Debug, Clone, Copy)]
+pub struct ScrubSchedule {
+    /// `None`: only when asked (`sohofs scrub`).
+    pub interval: Option<Duration>,
+    pub bytes_per_s: u64,
+}
+
+impl Default for ScrubSchedule {
+    fn default() -> Self {
+        ScrubSchedule {
+            interval: Some(SCRUB_INTERVAL_DEFAULT),
+            bytes_per_s: SCRUB_BYTES_PER_S_DEFAULT,
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -31,11 +53,13 @@ pub struct NodeConfig {
 
 struct NodeHandler {
     store: Arc<dyn ShardStore>,
+    scrub: ScrubSchedule,
 }
 
 impl NodeHandler {
     async fn answer(&self, request: NodeRequest, data: Bytes) -> FsResult<(NodeResponse, Bytes)> {
         let store = self.store.clone();
+        let scrub_bytes_per_s = self.scrub.bytes_per_s;
         let blocking = move || -> FsResult<(NodeResponse, Bytes)> {
             match request {
                 NodeRequest::PutShard {
@@ -65,6 +89,24 @@ impl NodeHandler {
                             free_bytes: stat.free_bytes,
                             used_bytes: stat.used_bytes,
                             shards: stat.shards,
+                        },
+                        Bytes::new(),
+                    ))
+                }
+                NodeRequest::Scrub { bytes_per_s } => {
+                    let rate = if bytes_per_s == 0 {
+                        scrub_bytes_per_s
+                    } else {
+                        bytes_per_s
+                    };
+                    let outcome = crate::shard_store::scrub(store.as_ref(), rate)?;
+                    if !outcome.corrupt.is_empty() {
+                        tracing::warn!(corrupt = outcome.corrupt.len(), "scrub found corrupt shards");
+                    }
+                    Ok((
+                        NodeResponse::Scrubbed {
+                            shards_checked: outcome.shards_checked,
+                            corrupt: outcome.corrupt.iter().map(|k| (k.piece_id, k.shard_index)).collect(),
                         },
                         Bytes::new(),
                     ))
@@ -101,16 +143,77 @@ impl Handler for NodeHandler {
     }
 }
 
-/// Runs a node until the future is dropped.
+/// Runs a node with the default scrub schedule until the future is dropped.
 pub async fn run_node(config: NodeConfig, store: Arc<dyn ShardStore>) -> std::io::Result<()> {
+    run_node_with(config, store, ScrubSchedule::default()).await
+}
+
+/// Runs a node until the future is dropped.
+pub async fn run_node_with(
+    config: NodeConfig,
+    store: Arc<dyn ShardStore>,
+    scrub: ScrubSchedule,
+) -> std::io::Result<()> {
     let transport = Transport::default();
     let listener = transport.bind(&config.listen).await?;
     tracing::info!(id = config.id, listen = %config.listen, host = %config.host, "node serving");
-    let handler = Arc::new(NodeHandler { store: store.clone() });
+    let handler = Arc::new(NodeHandler {
+        store: store.clone(),
+        scrub,
+    });
+    let scrubber = scrub_loop(config.clone(), store.clone(), scrub, transport.clone());
     let heartbeat = heartbeat_loop(config, store, transport);
     tokio::select! {
         _ = rpc::serve(listener, handler) => Ok(()),
         _ = heartbeat => Ok(()),
+        _ = scrubber => Ok(()),
+    }
+}
+
+/// Scrubs the store every `schedule.interval` and reports what fails its
+/// hash to meta, which rebuilds it from the other shards of its stripe.
+async fn scrub_loop(config: NodeConfig, store: Arc<dyn ShardStore>, schedule: ScrubSchedule, transport: Transport) {
+    let Some(interval) = schedule.interval else {
+        return std::future::pending().await;
+    };
+    let meta = MetaClient::new(&config.meta_addrs, transport);
+    loop {
+        tokio::time::sleep(interval).await;
+        let store = store.clone();
+        let outcome =
+            tokio::task::spawn_blocking(move || crate::shard_store::scrub(store.as_ref(), schedule.bytes_per_s)).await;
+        let corrupt = match outcome {
+            Ok(Ok(outcome)) => {
+                tracing::info!(
+                    checked = outcome.shards_checked,
+                    corrupt = outcome.corrupt.len(),
+                    "scrub done"
+                );
+                outcome.corrupt
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "scrub failed");
+                continue;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "scrub task failed");
+                continue;
+            }
+        };
+        if corrupt.is_empty() {
+            continue;
+        }
+        let shards = corrupt
+            .into_iter()
+            .map(|key| ShardRef {
+                node: config.id,
+                piece_id: key.piece_id,
+                shard_index: key.shard_index,
+            })
+            .collect();
+        if let Err(error) = meta.call(&MetaRequest::ReportCorrupt { shards }).await {
+            tracing::warn!(%error, "cannot report corrupt shards to meta; the next scrub will");
+        }
     }
 }
 

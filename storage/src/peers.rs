@@ -20,11 +20,16 @@ pub struct MetaClient {
 
 impl MetaClient {
     pub fn new(addrs: &[String], transport: Transport) -> Self {
+        Self::with_call_timeout(addrs, transport, crate::rpc::CALL_TIMEOUT_DEFAULT)
+    }
+
+    /// For calls that are answered when long work is done (`Scrub`).
+    pub fn with_call_timeout(addrs: &[String], transport: Transport, timeout: Duration) -> Self {
         MetaClient {
             peers: Arc::new(
                 addrs
                     .iter()
-                    .map(|a| RpcClient::new(a.clone(), transport.clone()))
+                    .map(|a| RpcClient::new(a.clone(), transport.clone()).with_call_timeout(timeout))
                     .collect(),
             ),
         }
@@ -67,8 +72,36 @@ impl NodeClient {
         }
     }
 
+    /// A client whose calls may take `timeout` (a whole scrub).
+    pub fn with_call_timeout(addr: impl Into<String>, transport: Transport, timeout: Duration) -> Self {
+        NodeClient {
+            rpc: RpcClient::new(addr, transport).with_call_timeout(timeout),
+        }
+    }
+
     pub fn addr(&self) -> &str {
         self.rpc.addr()
+    }
+
+    /// Has the node re-hash every shard; returns how many it checked and the
+    /// ones that failed.
+    pub async fn scrub(&self, bytes_per_s: u64) -> FsResult<(u64, Vec<ShardKey>)> {
+        match self.call(&NodeRequest::Scrub { bytes_per_s }, &[]).await? {
+            (
+                NodeResponse::Scrubbed {
+                    shards_checked,
+                    corrupt,
+                },
+                _,
+            ) => Ok((
+                shards_checked,
+                corrupt
+                    .into_iter()
+                    .map(|(piece_id, shard_index)| ShardKey { piece_id, shard_index })
+                    .collect(),
+            )),
+            _ => Err(FsError::Protocol("unexpected answer to Scrub".into())),
+        }
     }
 
     async fn call(&self, request: &NodeRequest, data: &[u8]) -> FsResult<(NodeResponse, Bytes)> {

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+use sohofs_format::messages::SCRUB_CORRUPT_LISTED_MAX;
 use sohofs_format::shard::{ShardHeader, SHARD_HEADER_BYTES};
 
 use crate::error::{FsError, FsResult};
@@ -40,6 +41,49 @@ pub trait ShardStore: Send + Sync + 'static {
     /// Deletes a shard; deleting a missing one is not an error.
     fn delete(&self, key: ShardKey) -> FsResult<()>;
     fn stat(&self) -> FsResult<StoreStat>;
+    /// Every shard held, in no particular order (for scrub).
+    fn list(&self) -> FsResult<Vec<ShardKey>>;
+}
+
+/// What one scrub of a store found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScrubOutcome {
+    pub shards_checked: u64,
+    /// Shards that failed their hash, whose header is damaged, or that could
+    /// not be read (an I/O error: a bad sector loses the shard just the
+    /// same), at most [`SCRUB_CORRUPT_LISTED_MAX`].
+    pub corrupt: Vec<ShardKey>,
+}
+
+/// Re-hashes every shard of `store` (a get checks the BLAKE3 in the shard
+/// header; no key is needed), reading at most `bytes_per_s` on average so
+/// that the office's own reads keep their disk. Blocks: run it on the
+/// blocking pool. Shards deleted meanwhile are skipped.
+pub fn scrub(store: &dyn ShardStore, bytes_per_s: u64) -> FsResult<ScrubOutcome> {
+    let started = std::time::Instant::now();
+    let mut outcome = ScrubOutcome::default();
+    let mut bytes_read = 0u64;
+    for key in store.list()? {
+        match store.get(key) {
+            Ok(payload) => bytes_read += (payload.len() + SHARD_HEADER_BYTES) as u64,
+            Err(FsError::NotFound) => continue,
+            Err(error) if error.is_corruption() || matches!(error, FsError::Io(_)) => {
+                tracing::warn!(%error, "scrub: shard unreadable");
+                if outcome.corrupt.len() < SCRUB_CORRUPT_LISTED_MAX {
+                    outcome.corrupt.push(key);
+                }
+            }
+            Err(error) => return Err(error),
+        }
+        outcome.shards_checked += 1;
+        if bytes_per_s > 0 {
+            let due = std::time::Duration::from_secs_f64(bytes_read as f64 / bytes_per_s as f64);
+            if let Some(ahead) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(ahead);
+            }
+        }
+    }
+    Ok(outcome)
 }
 
 /// Shards as files: `DIR/shards/<first two hex digits>/<piece id hex>.<index>`,
@@ -92,6 +136,19 @@ impl DiskShardStore {
             .join(&hex[..2])
             .join(format!("{hex}.{}", key.shard_index))
     }
+}
+
+/// `<piece id hex>.<index>`, as [`DiskShardStore::path_of`] names a shard;
+/// anything else (a temp file) is not a shard.
+fn parse_shard_file_name(name: &str) -> Option<ShardKey> {
+    let (hex, index) = name.split_once('.')?;
+    if hex.len() != 32 {
+        return None;
+    }
+    Some(ShardKey {
+        piece_id: u128::from_str_radix(hex, 16).ok()?,
+        shard_index: index.parse().ok()?,
+    })
 }
 
 fn io_error(what: &str, path: &Path, error: std::io::Error) -> FsError {
@@ -168,6 +225,21 @@ impl ShardStore for DiskShardStore {
         }
     }
 
+    fn list(&self) -> FsResult<Vec<ShardKey>> {
+        let shards_dir = self.root.join(SHARDS_DIR);
+        let mut keys = Vec::new();
+        for bucket in fs::read_dir(&shards_dir).map_err(|e| io_error("list shards", &shards_dir, e))? {
+            let bucket = bucket.map_err(|e| io_error("list shards", &shards_dir, e))?.path();
+            let Ok(entries) = fs::read_dir(&bucket) else { continue };
+            for entry in entries.flatten() {
+                if let Some(key) = entry.file_name().to_str().and_then(parse_shard_file_name) {
+                    keys.push(key);
+                }
+            }
+        }
+        Ok(keys)
+    }
+
     fn stat(&self) -> FsResult<StoreStat> {
         let vfs = nix::sys::statvfs::statvfs(&self.root)
             .map_err(|e| FsError::Io(format!("statvfs {}: {e}", self.root.display())))?;
@@ -234,6 +306,10 @@ impl ShardStore for MemShardStore {
         Ok(())
     }
 
+    fn list(&self) -> FsResult<Vec<ShardKey>> {
+        Ok(self.shards.lock().expect("shard map lock").keys().copied().collect())
+    }
+
     fn stat(&self) -> FsResult<StoreStat> {
         let shards = self.shards.lock().expect("shard map lock");
         let used: u64 = shards.values().map(|(_, p)| p.len() as u64).sum();
@@ -265,10 +341,21 @@ pub(crate) fn conformance(store: &dyn ShardStore) {
     };
     store.put(other, b"").unwrap();
     assert_eq!(store.get(other).unwrap(), b"");
+    let mut listed = store.list().unwrap();
+    listed.sort();
+    assert_eq!(listed, vec![key, other]);
     store.delete(key).unwrap();
     store.delete(key).unwrap();
     assert_eq!(store.get(key), Err(FsError::NotFound));
     assert_eq!(store.stat().unwrap().shards, 1);
+    let outcome = scrub(store, 0).unwrap();
+    assert_eq!(
+        outcome,
+        ScrubOutcome {
+            shards_checked: 1,
+            corrupt: vec![]
+        }
+    );
 }
 
 #[cfg(test)]
@@ -300,7 +387,15 @@ mod tests {
         bytes[SHARD_HEADER_BYTES + 500] ^= 0x10;
         fs::write(&path, &bytes).unwrap();
         assert!(store.get(key).unwrap_err().is_corruption());
+        let good = ShardKey {
+            piece_id: 8,
+            shard_index: 3,
+        };
+        store.put(good, &[6u8; 100]).unwrap();
+        let outcome = scrub(&store, 1 << 30).unwrap();
+        assert_eq!(outcome.shards_checked, 2);
+        assert_eq!(outcome.corrupt, vec![key]);
         let reopened = DiskShardStore::open(dir.path()).unwrap();
-        assert_eq!(reopened.stat().unwrap().shards, 1);
+        assert_eq!(reopened.stat().unwrap().shards, 2);
     }
 }

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
-use sohofs_format::messages::{ChunkOp, ChunkWrite, MetaRequest, MetaResponse, NewInode, NodeStatus};
+use sohofs_format::messages::{ChunkOp, ChunkWrite, MetaRequest, MetaResponse, NewInode, NodeStatus, ShardRef};
 use sohofs_format::{ChunkRecord, Extent, NodeId, Piece, PieceBody, ShardLoc, VolumeRecord};
 use tokio::sync::{Mutex, Semaphore};
 use tokio::task::JoinHandle;
@@ -1470,6 +1470,7 @@ impl Volume {
             let result = match result {
                 Ok(bytes) if *blake3::hash(&bytes).as_bytes() == location.hash => Ok(bytes.to_vec()),
                 Ok(_) => Err(FsError::Corrupt("shard does not match the hash in its record".into())),
+                Err(error) if error.is_corruption() => Err(error),
                 Err(error) => {
                     if error.is_transient() {
                         if let Some(node) = location.node {
@@ -1481,8 +1482,29 @@ impl Volume {
                     Err(error)
                 }
             };
+            if let (Err(error), Some(node)) = (&result, location.node) {
+                if error.is_corruption() {
+                    volume.report_corrupt(ShardRef {
+                        node,
+                        piece_id,
+                        shard_index: index as u8,
+                    });
+                }
+            }
             (index, result)
         }
+    }
+
+    /// Tells meta about a shard that failed its hash, so that it is rebuilt
+    /// from the rest of its stripe; the read goes on with parity meanwhile.
+    fn report_corrupt(&self, shard: ShardRef) {
+        let meta = self.inner.meta.clone();
+        tokio::spawn(async move {
+            let request = MetaRequest::ReportCorrupt { shards: vec![shard] };
+            if let Err(error) = meta.call(&request).await {
+                tracing::debug!(%error, "could not report a corrupt shard");
+            }
+        });
     }
 }
 
@@ -1511,6 +1533,10 @@ fn changes_volume(request: &MetaRequest) -> bool {
         | MetaRequest::Heartbeat { .. }
         | MetaRequest::Nodes
         | MetaRequest::Status
-        | MetaRequest::Sync => false,
+        | MetaRequest::Sync
+        | MetaRequest::Rebuild
+        | MetaRequest::ReportCorrupt { .. }
+        | MetaRequest::Scrub { .. }
+        | MetaRequest::ListChunks { .. } => false,
     }
 }

@@ -11,8 +11,10 @@ use sohofs_format::{
     ChunkRecord, Extent, FileKind, Ino, Inode, NodeId, NodeRecord, Piece, PieceBody, ShardLoc, FIRST_ENTRY_SEQ,
     ROOT_INO,
 };
+use sohofs_storage::heal::HealSettings;
 use sohofs_storage::kv::{Batch, KvStore, MemKv, RocksKv};
 use sohofs_storage::meta::{Meta, VolumeParams};
+use sohofs_storage::repair::ShardMove;
 use sohofs_storage::FsError;
 
 const CHUNK_BYTES: u32 = 64 * 1024;
@@ -1098,6 +1100,131 @@ fn status_counts_with_node_liveness(backend: Backend) {
     assert_eq!(statfs.free_bytes, (4u64 << 29) / 6 * 4);
 }
 
+/// A repair commits new shard locations only while the record still holds
+/// the piece with each shard where the plan found it; otherwise the rebuilt
+/// copies are orphans and go to the GC queue.
+fn commit_repair_moves_shards_or_drops_a_raced_repair(backend: Backend) {
+    let store = Store::new(backend);
+    let meta = store.open(DOWN_AFTER);
+    let f = file(&meta, ROOT_INO, "f");
+    let unplaced = [Some(1), Some(2), Some(3), Some(4), Some(5), None];
+    commit(
+        &meta,
+        f.ino,
+        vec![replace(0, striped(1, 0, CHUNK_BYTES, &unplaced))],
+        65536,
+    );
+    let moves = [
+        ShardMove {
+            shard_index: 2,
+            from: Some(3),
+            to: 7,
+        },
+        ShardMove {
+            shard_index: 5,
+            from: None,
+            to: 6,
+        },
+    ];
+    assert!(meta.commit_repair(f.ino, 0, 1, &moves).unwrap());
+    let shard_nodes = |meta: &Meta| -> Vec<Option<NodeId>> {
+        match &records(meta, f.ino)[&0].extents[0].piece.body {
+            PieceBody::Striped { shards, .. } => shards.iter().map(|s| s.node).collect(),
+            PieceBody::Inline { .. } => panic!("striped piece expected"),
+        }
+    };
+    assert_eq!(
+        shard_nodes(&meta),
+        vec![Some(1), Some(2), Some(7), Some(4), Some(5), Some(6)]
+    );
+    assert_eq!(queued(&meta, 1), vec![(3, 2)], "the old location is collected");
+    // The plan saw shard 0 on node 1; it is not there any more (say, a
+    // second repair moved it): nothing changes, the rebuilt copy is queued.
+    let stale = [ShardMove {
+        shard_index: 0,
+        from: Some(9),
+        to: 8,
+    }];
+    assert!(!meta.commit_repair(f.ino, 0, 1, &stale).unwrap());
+    assert_eq!(shard_nodes(&meta)[0], Some(1));
+    assert_eq!(queued(&meta, 1), vec![(3, 2), (8, 0)]);
+    // A client replaced the chunk: the repair of the old piece is dropped.
+    commit(
+        &meta,
+        f.ino,
+        vec![replace(0, striped(2, 0, CHUNK_BYTES, &ALL_NODES))],
+        65536,
+    );
+    let late = [ShardMove {
+        shard_index: 1,
+        from: Some(2),
+        to: 8,
+    }];
+    assert!(!meta.commit_repair(f.ino, 0, 1, &late).unwrap());
+    assert_eq!(extents(&records(&meta, f.ino)[&0]), vec![(0, CHUNK_BYTES, 2)]);
+    assert!(queued(&meta, 1).contains(&(8, 1)));
+    // An in-place rewrite (a corrupt shard) queues nothing of its own.
+    let before = queued(&meta, 2);
+    let in_place = [ShardMove {
+        shard_index: 3,
+        from: Some(4),
+        to: 4,
+    }];
+    assert!(meta.commit_repair(f.ino, 0, 2, &in_place).unwrap());
+    assert_eq!(queued(&meta, 2), before);
+}
+
+/// A node is shown down after a short silence, but lost (its shards
+/// rebuilt) only past the grace period; a node never heard from since meta
+/// started counts as silent since then.
+fn grace_period_separates_down_from_lost(backend: Backend) {
+    let store = Store::new(backend);
+    let grace = Duration::from_millis(600);
+    let meta = store.open(Duration::from_millis(200)).with_heal(HealSettings {
+        grace_period: grace,
+        rebuild_bytes_per_s: 1,
+    });
+    let node = |id: NodeId| NodeRecord {
+        id,
+        addr: format!("127.0.0.1:{}", 9000 + id),
+        host: format!("host-{id}"),
+        capacity_bytes: 1 << 30,
+        free_bytes: 1 << 29,
+        used_bytes: 0,
+        shards: 0,
+    };
+    meta.heartbeat(&node(1)).unwrap();
+    meta.heartbeat(&node(2)).unwrap();
+    let state = |meta: &Meta| -> Vec<(NodeId, bool, bool)> {
+        meta.node_health()
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| (n.id, n.reachable, n.lost))
+            .collect()
+    };
+    assert_eq!(state(&meta), vec![(1, true, false), (2, true, false)]);
+    std::thread::sleep(Duration::from_millis(300));
+    meta.heartbeat(&node(1)).unwrap();
+    assert_eq!(state(&meta), vec![(1, true, false), (2, false, false)]);
+    assert!(!meta.nodes().unwrap()[1].up);
+    assert!(meta.rebuild_status().unwrap().nodes_lost.is_empty());
+    std::thread::sleep(Duration::from_millis(400));
+    meta.heartbeat(&node(1)).unwrap();
+    assert_eq!(state(&meta), vec![(1, true, false), (2, false, true)]);
+    assert_eq!(meta.rebuild_status().unwrap().nodes_lost, vec![2]);
+    // Back before anything else happened: reachable, not lost.
+    meta.heartbeat(&node(2)).unwrap();
+    assert_eq!(state(&meta), vec![(1, true, false), (2, true, false)]);
+    // Reopened, meta has heard from no one yet: not lost until the grace
+    // period has passed since the start.
+    drop(meta);
+    let meta = store.open(Duration::from_millis(200)).with_heal(HealSettings {
+        grace_period: grace,
+        rebuild_bytes_per_s: 1,
+    });
+    assert_eq!(state(&meta), vec![(1, false, false), (2, false, false)]);
+}
+
 macro_rules! both_stores {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -1132,4 +1259,6 @@ both_stores!(
     unlinked_open_file_is_an_orphan_until_released,
     orphan_is_purged_when_meta_reopens,
     status_counts_with_node_liveness,
+    commit_repair_moves_shards_or_drops_a_raced_repair,
+    grace_period_separates_down_from_lost,
 );

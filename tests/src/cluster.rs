@@ -137,6 +137,8 @@ pub struct ClusterOptions {
 /// second clients, `logs/` the output of every process started.
 pub struct Cluster {
     options: ClusterOptions,
+    /// More arguments for `up` (e.g. `--grace-period 3`).
+    up_args: Vec<String>,
     bin: PathBuf,
     root: PathBuf,
     data_dir: PathBuf,
@@ -155,6 +157,11 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `sohofs up` and returns once its mount is ready.
     pub fn start(options: ClusterOptions) -> Cluster {
+        Self::start_with_up_args(options, &[])
+    }
+
+    /// Like [`Cluster::start`], passing `up_args` to every `up` run.
+    pub fn start_with_up_args(options: ClusterOptions, up_args: &[&str]) -> Cluster {
         let serial = SerialGuard::acquire();
         sweep_leftovers_of_dead_test_processes();
         let bin = sohofs_bin();
@@ -173,6 +180,7 @@ impl Cluster {
         fs::create_dir(&logs_dir).expect("create the logs directory");
         let mut cluster = Cluster {
             options,
+            up_args: up_args.iter().map(|arg| arg.to_string()).collect(),
             bin,
             data_dir: root.join("data"),
             mount_dir,
@@ -206,7 +214,8 @@ impl Cluster {
             .arg("--dir")
             .arg(&self.data_dir)
             .arg("--mount")
-            .arg(&self.mount_dir);
+            .arg(&self.mount_dir)
+            .args(&self.up_args);
         let child = self.spawn_logged(command, &log);
         self.up = Some(child);
         let up = self.up.as_mut().expect("just set");
@@ -368,6 +377,15 @@ impl Cluster {
             ));
         }
         Status::parse(&output.stdout)
+    }
+
+    /// Runs `sohofs ARGS --config DIR/sohofs.toml` to completion within
+    /// `timeout` and returns its output (whatever its exit status).
+    pub fn run_verb(&self, args: &[&str], timeout: Duration) -> std::process::Output {
+        let mut command = Command::new(&self.bin);
+        command.args(args).arg("--config").arg(self.config_path());
+        self.apply_env(&mut command);
+        run_bounded(command, &self.tag, timeout)
     }
 
     /// Starts a second client, `sohofs mount --config DIR/sohofs.toml MNT`,

@@ -1,0 +1,384 @@
+//! The heal service, run by meta: every [`HEAL_INTERVAL`] it takes a view of
+//! the cluster, has [`crate::repair::plan_repairs`] decide what to rebuild,
+//! and carries the plan out: fetch k readable shards of a stripe, rebuild the
+//! missing ones with Reed-Solomon, put them on their new nodes, and commit
+//! the new locations to the chunk record ([`Meta::commit_repair`], which
+//! drops the repair if a client changed the chunk meanwhile). Shards are
+//! ciphertext and carry their BLAKE3 in the record: meta never needs a key,
+//! and every rebuilt shard is checked against the hash its writer recorded.
+//!
+//! It also answers `Scrub`: every reachable node re-hashes its shards, the
+//! corrupt ones become suspects, and repair passes run until they are
+//! rewritten.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use sohofs_format::messages::{RebuildStatus, ScrubReport, ShardRef};
+use sohofs_format::NodeId;
+
+use crate::error::{FsError, FsResult};
+use crate::meta::Meta;
+use crate::peers::NodeClient;
+use crate::repair::{plan_repairs, RepairCommand, ShardMove};
+use crate::rpc::Transport;
+use crate::shard_store::ShardKey;
+
+/// A node silent for this long is lost and its shards are rebuilt: a
+/// workstation that reboots must not trigger a rebuild.
+pub const GRACE_PERIOD_DEFAULT: Duration = Duration::from_secs(600);
+/// Shard bytes rebuilt per second at most, so that the office keeps working.
+pub const REBUILD_BYTES_PER_S_DEFAULT: u64 = 32 * 1024 * 1024;
+/// Between repair passes (each scans every chunk record).
+pub const HEAL_INTERVAL: Duration = Duration::from_secs(2);
+/// How long meta waits for one node's scrub.
+pub const SCRUB_CALL_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// Repair passes a scrub runs at most before it answers.
+pub const SCRUB_REPAIR_PASSES_MAX: usize = 10;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealSettings {
+    pub grace_period: Duration,
+    /// 0: no limit.
+    pub rebuild_bytes_per_s: u64,
+}
+
+impl Default for HealSettings {
+    fn default() -> Self {
+        HealSettings {
+            grace_period: GRACE_PERIOD_DEFAULT,
+            rebuild_bytes_per_s: REBUILD_BYTES_PER_S_DEFAULT,
+        }
+    }
+}
+
+pub struct Healer {
+    meta: Arc<Meta>,
+    transport: Transport,
+    clients: Mutex<HashMap<NodeId, Arc<NodeClient>>>,
+    /// One pass at a time: the background loop and a scrub's passes.
+    pass_lock: tokio::sync::Mutex<()>,
+}
+
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> FsResult<T> + Send + 'static) -> FsResult<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| FsError::Io(format!("heal task failed: {e}")))?
+}
+
+impl Healer {
+    pub fn new(meta: Arc<Meta>, transport: Transport) -> Healer {
+        Healer {
+            meta,
+            transport,
+            clients: Mutex::new(HashMap::new()),
+            pass_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Runs repair passes forever.
+    pub async fn run(&self) {
+        loop {
+            tokio::time::sleep(HEAL_INTERVAL).await;
+            let _pass = self.pass_lock.lock().await;
+            if let Err(error) = self.pass().await.map(drop) {
+                tracing::warn!(%error, "repair pass failed");
+            }
+        }
+    }
+
+    fn client(&self, id: NodeId, addrs: &HashMap<NodeId, String>) -> FsResult<Arc<NodeClient>> {
+        let addr = addrs
+            .get(&id)
+            .ok_or_else(|| FsError::Unavailable(format!("node {id} is not registered")))?;
+        let mut clients = self.clients.lock().expect("heal clients lock");
+        let client = clients
+            .entry(id)
+            .or_insert_with(|| Arc::new(NodeClient::new(addr.clone(), self.transport.clone())));
+        if client.addr() != addr {
+            *client = Arc::new(NodeClient::new(addr.clone(), self.transport.clone()));
+        }
+        Ok(client.clone())
+    }
+
+    /// Plans and carries out one round of repairs; returns the old locations
+    /// of the shards it repaired, and the suspects no record references.
+    /// The caller holds `pass_lock`.
+    async fn pass(&self) -> FsResult<(Vec<ShardRef>, Vec<ShardRef>)> {
+        let meta = self.meta.clone();
+        let (view, stripes, addrs) = blocking(move || meta.repair_view()).await?;
+        let plan = plan_repairs(&view, &stripes);
+        self.meta.forget_suspects(&plan.stale_suspects);
+        let mut status = RebuildStatus {
+            chunks_left: plan.chunks_left,
+            bytes_left: plan.bytes_left,
+            bytes_per_s: 0,
+            chunks_unrecoverable: plan.chunks_unrecoverable,
+            nodes_lost: Vec::new(),
+        };
+        self.meta.set_rebuild_status(status.clone());
+        let mut repaired = Vec::new();
+        if plan.commands.is_empty() {
+            return Ok((repaired, plan.stale_suspects));
+        }
+        tracing::info!(
+            chunks = plan.chunks_left,
+            bytes = plan.bytes_left,
+            commands = plan.commands.len(),
+            "rebuilding"
+        );
+        let rate = self.meta.heal_settings().rebuild_bytes_per_s;
+        let mut commands_of_chunk: HashMap<(u64, u64), usize> = HashMap::new();
+        for command in &plan.commands {
+            *commands_of_chunk.entry((command.ino, command.chunk_index)).or_default() += 1;
+        }
+        let started = Instant::now();
+        let mut written = 0u64;
+        let mut failures = 0usize;
+        for command in &plan.commands {
+            match self.execute(command, &addrs).await {
+                Ok(done) => {
+                    let bytes = command.shard_bytes * done.len() as u64;
+                    written += bytes;
+                    status.bytes_left = status.bytes_left.saturating_sub(bytes);
+                    if done.len() == command.moves.len() {
+                        let left = commands_of_chunk
+                            .get_mut(&(command.ino, command.chunk_index))
+                            .expect("every command's chunk is counted");
+                        *left -= 1;
+                        if *left == 0 {
+                            status.chunks_left = status.chunks_left.saturating_sub(1);
+                        }
+                    }
+                    repaired.extend(done.iter().filter_map(|mv| {
+                        mv.from.map(|node| ShardRef {
+                            node,
+                            piece_id: command.piece_id,
+                            shard_index: mv.shard_index,
+                        })
+                    }));
+                }
+                Err(error) => {
+                    failures += 1;
+                    tracing::debug!(piece = %format!("{:032x}", command.piece_id), %error, "repair deferred");
+                }
+            }
+            let elapsed = started.elapsed();
+            status.bytes_per_s = (written as f64 / elapsed.as_secs_f64().max(1e-3)) as u64;
+            self.meta.set_rebuild_status(status.clone());
+            if rate > 0 {
+                let due = Duration::from_secs_f64(written as f64 / rate as f64);
+                if let Some(ahead) = due.checked_sub(elapsed) {
+                    tokio::time::sleep(ahead).await;
+                }
+            }
+        }
+        tracing::info!(
+            repaired = repaired.len(),
+            failures,
+            bytes = written,
+            seconds = started.elapsed().as_secs_f64(),
+            "repair pass done"
+        );
+        Ok((repaired, plan.stale_suspects))
+    }
+
+    /// Rebuilds the shards of one command; returns the moves committed
+    /// (none if the chunk changed meanwhile).
+    async fn execute(&self, command: &RepairCommand, addrs: &HashMap<NodeId, String>) -> FsResult<Vec<ShardMove>> {
+        let k = command.data_shards as usize;
+        let width = k + command.parity_shards as usize;
+        let piece_id = command.piece_id;
+        let fetch = |(index, node): (u8, NodeId)| {
+            let client = self.client(node, addrs);
+            async move {
+                let result = match client {
+                    Ok(client) => client
+                        .get_shard(ShardKey {
+                            piece_id,
+                            shard_index: index,
+                        })
+                        .await
+                        .map(|bytes| bytes.to_vec()),
+                    Err(error) => Err(error),
+                };
+                (index, node, result)
+            }
+        };
+        let mut sources = command.sources.iter().copied();
+        let mut requests: FuturesUnordered<_> = sources.by_ref().take(k).map(fetch).collect();
+        let mut shards: Vec<Option<Vec<u8>>> = vec![None; width];
+        let mut fetched: Vec<(u8, NodeId)> = Vec::new();
+        let mut corrupt = Vec::new();
+        while let Some((index, node, result)) = requests.next().await {
+            match result {
+                Ok(payload) => {
+                    shards[index as usize] = Some(payload);
+                    fetched.push((index, node));
+                    if fetched.len() == k {
+                        break;
+                    }
+                    continue;
+                }
+                Err(error) if error.is_corruption() => corrupt.push(ShardRef {
+                    node,
+                    piece_id,
+                    shard_index: index,
+                }),
+                Err(_) => {}
+            }
+            if let Some(next) = sources.next() {
+                requests.push(fetch(next));
+            }
+        }
+        drop(requests);
+        if fetched.len() < k {
+            self.meta.add_suspects(&corrupt);
+            return Err(FsError::Unavailable(format!(
+                "only {} of the {k} shards needed could be read",
+                fetched.len()
+            )));
+        }
+        let hashes = command.hashes.clone();
+        let wanted: Vec<u8> = command.moves.iter().map(|mv| mv.shard_index).collect();
+        let (parity_shards, fetched_for_check) = (command.parity_shards as usize, fetched.clone());
+        // Sources and results are checked against the hashes the writer put
+        // in the record: a repair never spreads a bad shard.
+        let rebuilt = blocking(move || {
+            let bad: Vec<(u8, NodeId)> = fetched_for_check
+                .iter()
+                .filter(|(index, _)| {
+                    let shard = shards[*index as usize].as_deref().unwrap_or_default();
+                    *blake3::hash(shard).as_bytes() != hashes[*index as usize]
+                })
+                .copied()
+                .collect();
+            if !bad.is_empty() {
+                return Ok(Err(bad));
+            }
+            let all = crate::codec::rebuild_shards(shards, k, parity_shards)?;
+            for index in &wanted {
+                if *blake3::hash(&all[*index as usize]).as_bytes() != hashes[*index as usize] {
+                    return Err(FsError::Corrupt("a rebuilt shard does not match its record".into()));
+                }
+            }
+            Ok(Ok(all))
+        })
+        .await?;
+        let rebuilt = match rebuilt {
+            Ok(all) => all,
+            Err(bad) => {
+                let refs: Vec<ShardRef> = bad
+                    .into_iter()
+                    .map(|(shard_index, node)| ShardRef {
+                        node,
+                        piece_id,
+                        shard_index,
+                    })
+                    .collect();
+                self.meta.add_suspects(&refs);
+                return Err(FsError::Corrupt("a source shard does not match its record".into()));
+            }
+        };
+        let puts = command.moves.iter().map(|mv| {
+            let client = self.client(mv.to, addrs);
+            let payload = &rebuilt[mv.shard_index as usize];
+            let hash = command.hashes[mv.shard_index as usize];
+            async move {
+                let key = ShardKey {
+                    piece_id,
+                    shard_index: mv.shard_index,
+                };
+                let result = match client {
+                    Ok(client) => client.put_shard_hashed(key, payload, hash).await,
+                    Err(error) => Err(error),
+                };
+                (*mv, result)
+            }
+        });
+        let mut placed = Vec::new();
+        for (mv, result) in futures::future::join_all(puts).await {
+            match result {
+                Ok(()) => placed.push(mv),
+                Err(error) => tracing::debug!(node = mv.to, %error, "rebuilt shard not placed"),
+            }
+        }
+        if placed.is_empty() {
+            return Err(FsError::Unavailable("no rebuilt shard could be placed".into()));
+        }
+        let meta = self.meta.clone();
+        let (ino, chunk_index, moves) = (command.ino, command.chunk_index, placed.clone());
+        let committed = blocking(move || meta.commit_repair(ino, chunk_index, piece_id, &moves)).await?;
+        if !committed {
+            tracing::info!(piece = %format!("{piece_id:032x}"), "chunk changed during repair; repair dropped");
+            return Ok(Vec::new());
+        }
+        let repaired: Vec<ShardRef> = placed
+            .iter()
+            .filter_map(|mv| {
+                mv.from.map(|node| ShardRef {
+                    node,
+                    piece_id,
+                    shard_index: mv.shard_index,
+                })
+            })
+            .collect();
+        self.meta.forget_suspects(&repaired);
+        Ok(placed)
+    }
+
+    /// Has every reachable node re-hash its shards (at most `bytes_per_s`
+    /// each; 0: the node's own setting), then repairs what they
+    /// found; answers when the repairs are done (or after
+    /// [`SCRUB_REPAIR_PASSES_MAX`] passes).
+    pub async fn scrub_now(&self, bytes_per_s: u64) -> FsResult<ScrubReport> {
+        let _pass = self.pass_lock.lock().await;
+        let meta = self.meta.clone();
+        let health = blocking(move || meta.node_health()).await?;
+        let scrubs = health
+            .into_iter()
+            .filter(|(node, _)| node.reachable)
+            .map(|(node, addr)| {
+                let client = NodeClient::with_call_timeout(addr, self.transport.clone(), SCRUB_CALL_TIMEOUT);
+                async move { (node.id, client.scrub(bytes_per_s).await) }
+            });
+        let mut report = ScrubReport::default();
+        let mut found: HashSet<ShardRef> = HashSet::new();
+        for (node, result) in futures::future::join_all(scrubs).await {
+            match result {
+                Ok((checked, corrupt)) => {
+                    report.nodes_scrubbed += 1;
+                    report.shards_checked += checked;
+                    found.extend(corrupt.into_iter().map(|key| ShardRef {
+                        node,
+                        piece_id: key.piece_id,
+                        shard_index: key.shard_index,
+                    }));
+                }
+                Err(error) => tracing::warn!(node, %error, "node could not scrub"),
+            }
+        }
+        report.shards_corrupt = found.len() as u64;
+        if found.is_empty() {
+            return Ok(report);
+        }
+        let found_list: Vec<ShardRef> = found.iter().copied().collect();
+        tracing::warn!(corrupt = found.len(), "scrub found corrupt shards; repairing");
+        self.meta.add_suspects(&found_list);
+        let (mut repaired, mut unreferenced) = (HashSet::new(), HashSet::new());
+        for _ in 0..SCRUB_REPAIR_PASSES_MAX {
+            let (done, stale) = self.pass().await?;
+            repaired.extend(done.into_iter().filter(|shard| found.contains(shard)));
+            unreferenced.extend(stale.into_iter().filter(|shard| found.contains(shard)));
+            if found.iter().all(|shard| !self.meta.is_suspect(shard)) {
+                break;
+            }
+            tokio::time::sleep(HEAL_INTERVAL).await;
+        }
+        report.shards_repaired = repaired.len() as u64;
+        report.shards_unreferenced = unreferenced.len() as u64;
+        Ok(report)
+    }
+}
