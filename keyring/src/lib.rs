@@ -17,7 +17,9 @@ pub mod ldap;
 pub mod recipient;
 
 pub use audit::{AuditAction, AuditEvent, AuditLog, AuditOutcome};
-pub use envelope::{open_envelope, seal_envelope, unwrap_key, wrap_key, DataKey, Grantee, UnwrapError, WrapError};
+pub use envelope::{
+    open_envelope, seal_envelope, unwrap_key, wrap_key, DataKey, Grantee, UnwrapError, WrapError, DATA_KEY_BYTES,
+};
 pub use identity::{init_identity_file, IdentityError, InitOutcome, MachineIdentity, SSH_HOST_KEY_DEFAULT};
 pub use ldap::{Approval, ApprovedMachine, Directory, LdapConfig, LdapError, UnusableMachine};
 pub use recipient::{MachineRecipient, RecipientError};

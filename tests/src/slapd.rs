@@ -1,0 +1,348 @@
+//! A real OpenLDAP server for tests: `slapd` with a private cn=config built
+//! from LDIF in a scratch folder, listening on a free port of 127.0.0.1, with
+//! a directory loaded before it starts. The system's slapd (service, config,
+//! database) is neither used nor needed.
+//!
+//! The directory is loaded offline with `slapadd`, which writes operational
+//! attributes as given: `tests/ldap/directory.ldif` uses that to give one
+//! machine a `memberOf` that no group's `member` backs, as a FreeIPA host in
+//! a nested hostgroup has. The memberof overlay runs in the server, so a
+//! test that changes a group's `member` sees `memberOf` follow.
+//!
+//! Dropping a [`Slapd`] — also while a test panics — stops the server
+//! (SIGTERM, then SIGKILL of its process group) and removes the folder.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::gateway::free_port;
+use crate::process::{is_alive, log_tail, run_bounded, terminate, RunTag};
+
+/// From spawning slapd to a successful bind.
+pub const SLAPD_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// One `slapadd` or `ldapmodify` run.
+const LDAP_TOOL_TIMEOUT: Duration = Duration::from_secs(60);
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// Attempts at a free port (another process may take it first).
+const START_ATTEMPTS: usize = 3;
+const LOG_TAIL_LINES: usize = 40;
+/// Where Debian's slapd keeps its modules and its stock schema LDIF.
+const MODULE_DIR: &str = "/usr/lib/ldap";
+const STOCK_SCHEMA_DIR: &str = "/etc/ldap/schema";
+
+pub const TEST_SUFFIX: &str = "dc=example,dc=org";
+pub const TEST_ADMIN_DN: &str = "cn=admin,dc=example,dc=org";
+pub const TEST_ADMIN_PASSWORD: &str = "sohofs-test-admin";
+/// The cluster group of the test directory.
+pub const TEST_CLUSTER_GROUP: &str = "cn=sohofs-machines,ou=groups,dc=example,dc=org";
+pub const TEST_FINANCE_GROUP: &str = "cn=finance-machines,ou=groups,dc=example,dc=org";
+
+/// `tests/ldap/`: the test directory, the openssh-lpk schema and test keys.
+pub fn ldap_test_data_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("ldap")
+}
+
+/// A test key of `tests/ldap/keys/`.
+pub fn test_key(name: &str) -> PathBuf {
+    ldap_test_data_dir().join("keys").join(name)
+}
+
+/// What a server holds.
+#[derive(Clone, Debug)]
+pub struct SlapdOptions {
+    pub suffix: String,
+    pub admin_dn: String,
+    pub admin_password: String,
+    /// Schema LDIF for cn=config beyond the stock core, cosine, nis and
+    /// inetorgperson.
+    pub extra_schemas: Vec<PathBuf>,
+    /// Entries loaded before the server starts.
+    pub directory: Vec<PathBuf>,
+}
+
+impl SlapdOptions {
+    /// The office of `tests/ldap/directory.ldif`.
+    pub fn test_directory() -> SlapdOptions {
+        SlapdOptions {
+            suffix: TEST_SUFFIX.into(),
+            admin_dn: TEST_ADMIN_DN.into(),
+            admin_password: TEST_ADMIN_PASSWORD.into(),
+            extra_schemas: vec![ldap_test_data_dir().join("openssh-lpk.ldif")],
+            directory: vec![ldap_test_data_dir().join("directory.ldif")],
+        }
+    }
+}
+
+/// A running slapd.
+pub struct Slapd {
+    child: Option<Child>,
+    port: u16,
+    options: SlapdOptions,
+    dir: tempfile::TempDir,
+    tag: RunTag,
+}
+
+impl Slapd {
+    /// A server holding the test directory.
+    pub fn start_test_directory() -> Slapd {
+        Slapd::start(SlapdOptions::test_directory())
+    }
+
+    pub fn start(options: SlapdOptions) -> Slapd {
+        for attempt in 1..=START_ATTEMPTS {
+            match Slapd::try_start(options.clone()) {
+                Ok(slapd) => return slapd,
+                Err(reason) if attempt < START_ATTEMPTS => {
+                    eprintln!("slapd attempt {attempt} failed, trying another port: {reason}")
+                }
+                Err(reason) => panic!("slapd did not start: {reason}"),
+            }
+        }
+        unreachable!("the last attempt panics")
+    }
+
+    fn try_start(options: SlapdOptions) -> Result<Slapd, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("sohofs-slapd-")
+            .tempdir()
+            .map_err(|error| format!("scratch folder: {error}"))?;
+        let tag = RunTag::new();
+        let config_dir = dir.path().join("slapd.d");
+        let data_dir = dir.path().join("data");
+        for folder in [&config_dir, &data_dir] {
+            fs::create_dir(folder).map_err(|error| format!("create {}: {error}", folder.display()))?;
+        }
+        let config_ldif = dir.path().join("config.ldif");
+        fs::write(&config_ldif, config_ldif_text(&options, dir.path(), &data_dir))
+            .map_err(|error| format!("write config.ldif: {error}"))?;
+        let mut load_config = Command::new("slapadd");
+        load_config
+            .arg("-n0")
+            .arg("-F")
+            .arg(&config_dir)
+            .arg("-l")
+            .arg(&config_ldif);
+        run_checked(load_config, &tag, "slapadd of cn=config")?;
+        for ldif in &options.directory {
+            let mut load = Command::new("slapadd");
+            load.arg("-F")
+                .arg(&config_dir)
+                .arg("-b")
+                .arg(&options.suffix)
+                .arg("-l")
+                .arg(ldif);
+            run_checked(load, &tag, &format!("slapadd of {}", ldif.display()))?;
+        }
+
+        let port = free_port();
+        let log_path = dir.path().join("slapd.log");
+        let log = fs::File::create(&log_path).map_err(|error| format!("create slapd.log: {error}"))?;
+        let mut command = Command::new("slapd");
+        // `-d` keeps slapd in the foreground (so it is our child, and its
+        // process group ours to end) and logs connections and operations.
+        command
+            .arg("-F")
+            .arg(&config_dir)
+            .arg("-h")
+            .arg(format!("ldap://127.0.0.1:{port}/"))
+            .args(["-d", "stats"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|error| error.to_string())?)
+            .stderr(log);
+        tag.apply(&mut command);
+        let child = command.spawn().map_err(|error| format!("spawn slapd: {error}"))?;
+        let mut slapd = Slapd {
+            child: Some(child),
+            port,
+            options,
+            dir,
+            tag,
+        };
+        slapd.wait_ready()?;
+        Ok(slapd)
+    }
+
+    /// Binds as the admin with `ldapwhoami` until it works or slapd exits.
+    fn wait_ready(&mut self) -> Result<(), String> {
+        let started = std::time::Instant::now();
+        loop {
+            let child = self.child.as_mut().expect("slapd was spawned");
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!("slapd exited with {status}\n{}", self.log_tail()));
+            }
+            let mut whoami = Command::new("ldapwhoami");
+            whoami
+                .args(["-x", "-H", &self.url(), "-D", &self.options.admin_dn, "-w"])
+                .arg(&self.options.admin_password);
+            if run_bounded(whoami, &self.tag, LDAP_TOOL_TIMEOUT).status.success() {
+                return Ok(());
+            }
+            if started.elapsed() > SLAPD_READY_TIMEOUT {
+                return Err(format!(
+                    "slapd did not answer a bind within {SLAPD_READY_TIMEOUT:?}\n{}",
+                    self.log_tail()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `ldap://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("ldap://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn suffix(&self) -> &str {
+        &self.options.suffix
+    }
+
+    pub fn admin_dn(&self) -> &str {
+        &self.options.admin_dn
+    }
+
+    pub fn admin_password(&self) -> &str {
+        &self.options.admin_password
+    }
+
+    /// A file in the server's folder holding `password` and a newline, as a
+    /// `bind_password_file` would.
+    pub fn password_file(&self, password: &str) -> PathBuf {
+        let path = self
+            .dir
+            .path()
+            .join(format!("bind-{:08x}.secret", rand::random::<u32>()));
+        fs::write(&path, format!("{password}\n")).expect("write a password file");
+        path
+    }
+
+    /// Applies an LDIF of changes (`changetype: modify`, `add`, `delete`)
+    /// as the admin; panics with the tool's output if it fails.
+    pub fn modify(&self, ldif: &str) {
+        let path = self
+            .dir
+            .path()
+            .join(format!("change-{:08x}.ldif", rand::random::<u32>()));
+        fs::write(&path, ldif).expect("write a change LDIF");
+        let mut command = Command::new("ldapmodify");
+        command
+            .args(["-x", "-H", &self.url(), "-D", &self.options.admin_dn, "-w"])
+            .arg(&self.options.admin_password)
+            .arg("-f")
+            .arg(&path);
+        if let Err(reason) = run_checked(command, &self.tag, "ldapmodify") {
+            panic!("{reason}\n--- change ---\n{ldif}");
+        }
+    }
+
+    /// Removes `member_dn` from the groupOfNames `group_dn`.
+    pub fn remove_member(&self, group_dn: &str, member_dn: &str) {
+        self.modify(&format!(
+            "dn: {group_dn}\nchangetype: modify\ndelete: member\nmember: {member_dn}\n"
+        ));
+    }
+
+    /// Adds `member_dn` to the groupOfNames `group_dn`.
+    pub fn add_member(&self, group_dn: &str, member_dn: &str) {
+        self.modify(&format!(
+            "dn: {group_dn}\nchangetype: modify\nadd: member\nmember: {member_dn}\n"
+        ));
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        let child = self.child.as_mut().expect("slapd is running");
+        matches!(child.try_wait(), Ok(None)) && is_alive(child.id() as i32)
+    }
+
+    pub fn log_tail(&self) -> String {
+        log_tail(&self.dir.path().join("slapd.log"), LOG_TAIL_LINES)
+    }
+}
+
+impl Drop for Slapd {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            terminate(&mut child, STOP_GRACE);
+        }
+    }
+}
+
+fn run_checked(command: Command, tag: &RunTag, what: &str) -> Result<(), String> {
+    let output = run_bounded(command, tag, LDAP_TOOL_TIMEOUT);
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(format!(
+        "{what} failed with {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    ))
+}
+
+/// The server's whole cn=config: modules, schema, one mdb database for the
+/// suffix with the admin as its root DN, and the memberof overlay.
+fn config_ldif_text(options: &SlapdOptions, run_dir: &Path, data_dir: &Path) -> String {
+    let mut schemas: Vec<PathBuf> = ["core", "cosine", "nis", "inetorgperson"]
+        .iter()
+        .map(|name| Path::new(STOCK_SCHEMA_DIR).join(format!("{name}.ldif")))
+        .collect();
+    schemas.extend(options.extra_schemas.iter().cloned());
+    let includes: String = schemas
+        .iter()
+        .map(|path| format!("include: file://{}\n", path.display()))
+        .collect();
+    format!(
+        "dn: cn=config
+objectClass: olcGlobal
+cn: config
+olcPidFile: {run}/slapd.pid
+olcArgsFile: {run}/slapd.args
+
+dn: cn=module{{0}},cn=config
+objectClass: olcModuleList
+cn: module{{0}}
+olcModulePath: {MODULE_DIR}
+olcModuleLoad: back_mdb
+olcModuleLoad: memberof
+
+dn: cn=schema,cn=config
+objectClass: olcSchemaConfig
+cn: schema
+
+{includes}
+dn: olcDatabase={{0}}config,cn=config
+objectClass: olcDatabaseConfig
+olcDatabase: {{0}}config
+
+dn: olcDatabase={{1}}mdb,cn=config
+objectClass: olcDatabaseConfig
+objectClass: olcMdbConfig
+olcDatabase: {{1}}mdb
+olcSuffix: {suffix}
+olcDbDirectory: {data}
+olcRootDN: {admin_dn}
+olcRootPW: {admin_password}
+olcDbMaxSize: 67108864
+olcDbIndex: objectClass eq
+olcDbIndex: member eq
+olcDbIndex: memberOf eq
+
+dn: olcOverlay={{0}}memberof,olcDatabase={{1}}mdb,cn=config
+objectClass: olcOverlayConfig
+objectClass: olcMemberOf
+olcOverlay: {{0}}memberof
+olcMemberOfRefInt: TRUE
+",
+        run = run_dir.display(),
+        suffix = options.suffix,
+        data = data_dir.display(),
+        admin_dn = options.admin_dn,
+        admin_password = options.admin_password,
+    )
+}
