@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
+use sohofs_keyring::LdapConfig;
 use sohofs_storage::codec::{DataKey, DATA_KEY_BYTES};
 
 pub const CONFIG_FILE: &str = "sohofs.toml";
@@ -19,6 +20,10 @@ pub struct ClusterConfig {
     pub volume: VolumeSection,
     #[serde(default)]
     pub nodes: Vec<NodeSection>,
+    /// The office directory that approves machines (`sohofs keyring`).
+    /// Relative file paths in it are relative to the config file's folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ldap: Option<LdapConfig>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -126,6 +131,7 @@ mod tests {
                 dir: "nodes/1".into(),
                 host: "local-1".into(),
             }],
+            ldap: None,
         };
         let path = dir.path().join(CONFIG_FILE);
         config.save(&path).unwrap();

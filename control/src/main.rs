@@ -5,6 +5,7 @@
 //! Exit codes: 0 success, 1 failure (the message says what), 2 bad usage.
 
 mod config;
+mod keyring;
 mod mount;
 mod nfs;
 mod services;
@@ -50,6 +51,11 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// This machine's keyring and LDAP approval.
+    Keyring {
+        #[command(subcommand)]
+        verb: keyring::KeyringVerb,
     },
     /// The metadata service.
     Meta {
@@ -107,6 +113,7 @@ fn main() {
             Command::Mount { config, mountpoint } => mount::run(&config, &mountpoint).await,
             Command::Nfs { verb } => nfs::run(verb).await,
             Command::Status { config, json } => status::run(&config, json).await,
+            Command::Keyring { verb } => keyring::run(verb).await,
             Command::Meta { verb } => services::meta(verb).await,
             Command::Node { verb } => services::node(verb).await,
         }

@@ -146,6 +146,8 @@ fn prepare(args: &UpArgs, dir: &Path) -> Result<ClusterConfig> {
         data_key_file: KEY_FILE.into(),
         volume,
         nodes,
+        // An [ldap] table the administrator added survives restarts.
+        ldap: previous.as_ref().and_then(|p| p.ldap.clone()),
     };
     config.save(&config_path)?;
     Ok(config)
