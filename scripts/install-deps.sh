@@ -14,6 +14,7 @@ PACKAGES=(
     libnfs-utils                  # NFSv3 client for gateway tests
     age                           # key envelopes cross-checked with the age CLI
     libssl-dev                    # TLS to LDAP (ldaps://, StartTLS) via native-tls
+    openssl                       # the test CA of the TLS slapd tests
 )
 
 log() { printf 'install-deps: %s\n' "$*" >&2; }

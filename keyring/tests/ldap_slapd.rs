@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use sohofs_e2e::slapd::{test_key, Slapd, TEST_ADMIN_PASSWORD, TEST_CLUSTER_GROUP, TEST_FINANCE_GROUP};
+use sohofs_e2e::slapd::{test_key, Slapd, SlapdOptions, TEST_ADMIN_PASSWORD, TEST_CLUSTER_GROUP, TEST_FINANCE_GROUP};
 use sohofs_keyring::{
     open_envelope, seal_envelope, Approval, DataKey, Directory, Grantee, LdapConfig, LdapError, MachineIdentity,
     UnwrapError,
@@ -161,4 +161,37 @@ async fn an_envelope_for_the_finance_group_opens_on_its_machines_only() {
             "{name}"
         );
     }
+}
+
+#[tokio::test]
+async fn starttls_and_ldaps_bind_with_the_configured_ca_and_fail_without_it() {
+    let mut options = SlapdOptions::test_directory();
+    options.tls = true;
+    let slapd = Slapd::start(options);
+    let password_file = slapd.password_file(slapd.admin_password());
+
+    let mut starttls = config(&slapd, &password_file);
+    starttls.starttls = true;
+    starttls.ca_file = Some(slapd.ca_file());
+    let mut ldaps = config(&slapd, &password_file);
+    ldaps.url = slapd.ldaps_url();
+    ldaps.ca_file = Some(slapd.ca_file());
+    for tls_config in [&starttls, &ldaps] {
+        let mut directory = Directory::connect(tls_config)
+            .await
+            .unwrap_or_else(|error| panic!("{}: {error}", tls_config.url));
+        let approval = directory.approved_machines(TEST_FINANCE_GROUP).await.unwrap();
+        assert_eq!(approved_names(&approval), ["ws-alpha", "ws-beta"]);
+        directory.close().await;
+    }
+
+    // The test CA is not among the system's roots: without ca_file the
+    // server's certificate is refused before any password is sent.
+    let mut untrusted = starttls.clone();
+    untrusted.ca_file = None;
+    let error = Directory::connect(&untrusted)
+        .await
+        .err()
+        .expect("untrusted certificate");
+    assert!(matches!(error, LdapError::Connect { .. }), "{error:?}");
 }

@@ -60,6 +60,10 @@ pub struct SlapdOptions {
     pub extra_schemas: Vec<PathBuf>,
     /// Entries loaded before the server starts.
     pub directory: Vec<PathBuf>,
+    /// Also serve TLS: StartTLS on the `ldap://` port and `ldaps://` on a
+    /// second one, with a certificate for 127.0.0.1 from a CA made for this
+    /// server alone ([`Slapd::ca_file`]).
+    pub tls: bool,
 }
 
 impl SlapdOptions {
@@ -71,6 +75,7 @@ impl SlapdOptions {
             admin_password: TEST_ADMIN_PASSWORD.into(),
             extra_schemas: vec![ldap_test_data_dir().join("openssh-lpk.ldif")],
             directory: vec![ldap_test_data_dir().join("directory.ldif")],
+            tls: false,
         }
     }
 }
@@ -79,6 +84,8 @@ impl SlapdOptions {
 pub struct Slapd {
     child: Option<Child>,
     port: u16,
+    /// The `ldaps://` port, when TLS is on.
+    tls_port: Option<u16>,
     options: SlapdOptions,
     dir: tempfile::TempDir,
     tag: RunTag,
@@ -114,9 +121,17 @@ impl Slapd {
         for folder in [&config_dir, &data_dir] {
             fs::create_dir(folder).map_err(|error| format!("create {}: {error}", folder.display()))?;
         }
+        let tls = if options.tls {
+            Some(make_certificates(dir.path(), &tag)?)
+        } else {
+            None
+        };
         let config_ldif = dir.path().join("config.ldif");
-        fs::write(&config_ldif, config_ldif_text(&options, dir.path(), &data_dir))
-            .map_err(|error| format!("write config.ldif: {error}"))?;
+        fs::write(
+            &config_ldif,
+            config_ldif_text(&options, dir.path(), &data_dir, tls.as_ref()),
+        )
+        .map_err(|error| format!("write config.ldif: {error}"))?;
         let mut load_config = Command::new("slapadd");
         load_config
             .arg("-n0")
@@ -137,6 +152,11 @@ impl Slapd {
         }
 
         let port = free_port();
+        let tls_port = options.tls.then(free_port);
+        let mut listen = format!("ldap://127.0.0.1:{port}/");
+        if let Some(tls_port) = tls_port {
+            listen.push_str(&format!(" ldaps://127.0.0.1:{tls_port}/"));
+        }
         let log_path = dir.path().join("slapd.log");
         let log = fs::File::create(&log_path).map_err(|error| format!("create slapd.log: {error}"))?;
         let mut command = Command::new("slapd");
@@ -146,7 +166,7 @@ impl Slapd {
             .arg("-F")
             .arg(&config_dir)
             .arg("-h")
-            .arg(format!("ldap://127.0.0.1:{port}/"))
+            .arg(listen)
             .args(["-d", "stats"])
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|error| error.to_string())?)
@@ -156,6 +176,7 @@ impl Slapd {
         let mut slapd = Slapd {
             child: Some(child),
             port,
+            tls_port,
             options,
             dir,
             tag,
@@ -196,6 +217,19 @@ impl Slapd {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// `ldaps://127.0.0.1:PORT`; panics unless started with `tls`.
+    pub fn ldaps_url(&self) -> String {
+        let port = self.tls_port.expect("slapd was started without tls");
+        format!("ldaps://127.0.0.1:{port}")
+    }
+
+    /// The PEM file of the CA that signed the server's certificate; panics
+    /// unless started with `tls`.
+    pub fn ca_file(&self) -> PathBuf {
+        assert!(self.tls_port.is_some(), "slapd was started without tls");
+        self.dir.path().join("tls/ca.pem")
     }
 
     pub fn suffix(&self) -> &str {
@@ -285,9 +319,112 @@ fn run_checked(command: Command, tag: &RunTag, what: &str) -> Result<(), String>
     ))
 }
 
+/// Where the server's TLS files are.
+struct TlsFiles {
+    ca: PathBuf,
+    certificate: PathBuf,
+    key: PathBuf,
+}
+
+/// A CA and a certificate it signs for 127.0.0.1 and localhost, valid for
+/// two days, made with the openssl CLI in `run_dir/tls`.
+fn make_certificates(run_dir: &Path, tag: &RunTag) -> Result<TlsFiles, String> {
+    let tls_dir = run_dir.join("tls");
+    fs::create_dir(&tls_dir).map_err(|error| format!("create {}: {error}", tls_dir.display()))?;
+    let path = |name: &str| tls_dir.join(name);
+    fs::write(path("server.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+        .map_err(|error| format!("write server.ext: {error}"))?;
+    let steps: [(&str, Vec<String>); 3] = [
+        (
+            "make the test CA",
+            vec![
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=sohofs test CA",
+                "-keyout",
+            ]
+            .into_iter()
+            .map(String::from)
+            .chain([
+                path("ca.key").display().to_string(),
+                "-out".into(),
+                path("ca.pem").display().to_string(),
+            ])
+            .collect(),
+        ),
+        (
+            "make the server key and request",
+            vec![
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-keyout",
+            ]
+            .into_iter()
+            .map(String::from)
+            .chain([
+                path("server.key").display().to_string(),
+                "-out".into(),
+                path("server.csr").display().to_string(),
+            ])
+            .collect(),
+        ),
+        (
+            "sign the server certificate",
+            ["x509", "-req", "-days", "2", "-CAcreateserial"]
+                .into_iter()
+                .map(String::from)
+                .chain(
+                    [
+                        ("-in", "server.csr"),
+                        ("-CA", "ca.pem"),
+                        ("-CAkey", "ca.key"),
+                        ("-extfile", "server.ext"),
+                        ("-out", "server.pem"),
+                    ]
+                    .into_iter()
+                    .flat_map(|(flag, name)| [flag.to_string(), path(name).display().to_string()]),
+                )
+                .collect(),
+        ),
+    ];
+    for (what, args) in steps {
+        let mut command = Command::new("openssl");
+        command.args(args);
+        run_checked(command, tag, what)?;
+    }
+    Ok(TlsFiles {
+        ca: path("ca.pem"),
+        certificate: path("server.pem"),
+        key: path("server.key"),
+    })
+}
+
 /// The server's whole cn=config: modules, schema, one mdb database for the
 /// suffix with the admin as its root DN, and the memberof overlay.
-fn config_ldif_text(options: &SlapdOptions, run_dir: &Path, data_dir: &Path) -> String {
+fn config_ldif_text(options: &SlapdOptions, run_dir: &Path, data_dir: &Path, tls: Option<&TlsFiles>) -> String {
+    let tls_settings = match tls {
+        Some(files) => format!(
+            "olcTLSCACertificateFile: {}\nolcTLSCertificateFile: {}\nolcTLSCertificateKeyFile: {}\n",
+            files.ca.display(),
+            files.certificate.display(),
+            files.key.display()
+        ),
+        None => String::new(),
+    };
     let mut schemas: Vec<PathBuf> = ["core", "cosine", "nis", "inetorgperson"]
         .iter()
         .map(|name| Path::new(STOCK_SCHEMA_DIR).join(format!("{name}.ldif")))
@@ -303,7 +440,7 @@ objectClass: olcGlobal
 cn: config
 olcPidFile: {run}/slapd.pid
 olcArgsFile: {run}/slapd.args
-
+{tls_settings}
 dn: cn=module{{0}},cn=config
 objectClass: olcModuleList
 cn: module{{0}}
