@@ -12,7 +12,7 @@
 //!
 //! The selection is pure ([`select_members`]); [`Directory`] only fetches.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -174,11 +174,11 @@ pub fn select_members(machines: &[MachineEntry], group_members: &[String], group
     let listed: BTreeSet<String> = group_members.iter().map(|dn| normalize_dn(dn)).collect();
     let group = normalize_dn(group_dn);
     let mut approval = Approval::default();
-    let mut seen = BTreeMap::new();
+    let mut seen = BTreeSet::new();
     for machine in machines {
         let key = normalize_dn(&machine.dn);
         let is_member = listed.contains(&key) || machine.member_of.iter().any(|dn| normalize_dn(dn) == group);
-        if !is_member || seen.insert(key, ()).is_some() {
+        if !is_member || !seen.insert(key) {
             continue;
         }
         let name = machine.name.clone().unwrap_or_else(|| machine.dn.clone());

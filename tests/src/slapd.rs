@@ -18,7 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::gateway::free_port;
-use crate::process::{is_alive, log_tail, run_bounded, terminate, RunTag};
+use crate::process::{is_alive, kill_orphans_of_dead_test_processes, log_tail, run_bounded, terminate, RunTag};
 
 /// From spawning slapd to a successful bind.
 pub const SLAPD_READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -98,6 +98,9 @@ impl Slapd {
     }
 
     pub fn start(options: SlapdOptions) -> Slapd {
+        // A test process killed outright leaves its slapd behind (it runs
+        // in a process group of its own); its run tag finds it.
+        kill_orphans_of_dead_test_processes();
         for attempt in 1..=START_ATTEMPTS {
             match Slapd::try_start(options.clone()) {
                 Ok(slapd) => return slapd,
