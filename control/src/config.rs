@@ -147,4 +147,37 @@ mod tests {
         std::fs::write(dir.path().join(KEY_FILE), "nothex").unwrap();
         assert!(config.data_key(&path).is_err());
     }
+
+    #[test]
+    fn an_ldap_table_survives_save_and_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(CONFIG_FILE);
+        let text = r#"
+            meta = ["127.0.0.1:1"]
+            data_key_file = "volume.key"
+
+            [volume]
+            k = 2
+            m = 1
+            write_quorum = 3
+            chunk_bytes = 4194304
+            inline_bytes_max = 4096
+
+            [ldap]
+            url = "ldaps://ldap.example.org"
+            bind_dn = "cn=admin,dc=example,dc=org"
+            bind_password_file = "ldap.secret"
+            base_dn = "dc=example,dc=org"
+            cluster_group = "cn=sohofs-machines,ou=groups,dc=example,dc=org"
+            ca_file = "ca.pem"
+        "#;
+        std::fs::write(&path, text).unwrap();
+        let config = ClusterConfig::load(&path).unwrap();
+        let ldap = config.ldap.clone().unwrap();
+        assert_eq!(ldap.recipient_attribute, "sshPublicKey");
+        assert_eq!(ldap.machine_filter, "(objectClass=device)");
+        assert_eq!(ldap.ca_file.as_deref(), Some(Path::new("ca.pem")));
+        config.save(&path).unwrap();
+        assert_eq!(ClusterConfig::load(&path).unwrap(), config);
+    }
 }
