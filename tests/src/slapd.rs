@@ -291,6 +291,15 @@ impl Slapd {
         ));
     }
 
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("slapd is running").id() as i32
+    }
+
+    /// The scratch folder: config, database, TLS files, log.
+    pub fn folder(&self) -> &Path {
+        self.dir.path()
+    }
+
     pub fn is_running(&mut self) -> bool {
         let child = self.child.as_mut().expect("slapd is running");
         matches!(child.try_wait(), Ok(None)) && is_alive(child.id() as i32)
