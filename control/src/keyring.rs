@@ -4,8 +4,10 @@
 //!   LDAP. With `--identity`, it makes an age identity there (0600) unless
 //!   one exists (never overwriting a file); without, it reads the SSH host
 //!   ed25519 key, the default identity, and makes nothing.
-//! - `check --config F [--json]` binds to the `[ldap]` of the cluster config
-//!   and lists the machines of `cluster_group`, and those it cannot use.
+//! - `check --config F [--identity F] [--json]` binds to the `[ldap]` of the
+//!   cluster config and lists the machines of `cluster_group`, and those it
+//!   cannot use; with `--identity`, also whether that machine is approved.
+//!   Being listed or not is a result, not a failure: exit 0 either way.
 //!
 //! stdout carries the result (the recipient, the listing); stderr says what
 //! was done. Exit codes: 0 done, 1 failed.
@@ -36,6 +38,10 @@ pub enum KeyringVerb {
     Check {
         #[arg(long)]
         config: PathBuf,
+        /// Also say whether the machine of this identity (age identity file
+        /// or SSH host key) is approved.
+        #[arg(long)]
+        identity: Option<PathBuf>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -45,7 +51,7 @@ pub enum KeyringVerb {
 pub async fn run(verb: KeyringVerb) -> Result<()> {
     match verb {
         KeyringVerb::Init { identity, json } => init(identity.as_deref(), json),
-        KeyringVerb::Check { config, json } => check(&config, json).await,
+        KeyringVerb::Check { config, identity, json } => check(&config, identity.as_deref(), json).await,
     }
 }
 
@@ -116,12 +122,22 @@ struct UnusableJson {
     reason: String,
 }
 
+/// Whether the machine of `--identity` is among the approved.
+#[derive(Serialize)]
+struct ThisMachineJson {
+    recipient: String,
+    /// The name of the approved entry publishing this recipient.
+    approved_as: Option<String>,
+}
+
 #[derive(Serialize)]
 struct CheckJson {
     url: String,
     group: String,
     approved: Vec<ApprovedJson>,
     unusable: Vec<UnusableJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    this_machine: Option<ThisMachineJson>,
 }
 
 fn check_json(url: &str, group: &str, approval: Approval) -> CheckJson {
@@ -154,11 +170,16 @@ fn check_json(url: &str, group: &str, approval: Approval) -> CheckJson {
                 reason: machine.reason,
             })
             .collect(),
+        this_machine: None,
     }
 }
 
-async fn check(config_path: &Path, json: bool) -> Result<()> {
+async fn check(config_path: &Path, identity_path: Option<&Path>, json: bool) -> Result<()> {
     let config = ClusterConfig::load(config_path)?;
+    // Read before binding, so that a bad identity fails without LDAP.
+    let identity = identity_path
+        .map(|path| MachineIdentity::load(path).with_context(|| format!("identity {}", path.display())))
+        .transpose()?;
     let Some(mut ldap) = config.ldap else {
         bail!("{} has no [ldap] table", config_path.display());
     };
@@ -171,7 +192,20 @@ async fn check(config_path: &Path, json: bool) -> Result<()> {
         .await
         .with_context(|| format!("list the machines of {}", ldap.cluster_group))?;
     directory.close().await;
-    let report = check_json(&ldap.url, &ldap.cluster_group, approval);
+    let this_machine = identity.map(|identity| {
+        let recipient = identity.recipient();
+        let approved_as = approval
+            .approved
+            .iter()
+            .find(|machine| machine.recipients.contains(&recipient))
+            .map(|machine| machine.name.clone());
+        ThisMachineJson {
+            recipient: recipient.to_string(),
+            approved_as,
+        }
+    });
+    let mut report = check_json(&ldap.url, &ldap.cluster_group, approval);
+    report.this_machine = this_machine;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
@@ -189,6 +223,15 @@ async fn check(config_path: &Path, json: bool) -> Result<()> {
         println!("{} members that get no key:", report.unusable.len());
         for machine in &report.unusable {
             println!("  {:<24} {}  {}", machine.name, machine.reason, machine.dn);
+        }
+    }
+    if let Some(this_machine) = &report.this_machine {
+        match &this_machine.approved_as {
+            Some(name) => println!("this machine is approved as {name}"),
+            None => println!(
+                "this machine is not approved: no approved entry publishes {}",
+                this_machine.recipient
+            ),
         }
     }
     Ok(())

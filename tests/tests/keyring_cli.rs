@@ -127,6 +127,30 @@ fn check_lists_the_machines_ldap_approves() {
     assert!(table.starts_with("3 machines approved by"), "{table}");
     assert!(table.contains("2 members that get no key"), "{table}");
 
+    // Whether a given machine is approved, by its identity.
+    let gamma = sohofs_e2e::slapd::test_key("ws-gamma.age");
+    let outsider = sohofs_e2e::slapd::test_key("ws-outsider.age");
+    let as_gamma: Value = serde_json::from_str(&stdout_of(&sohofs(&[
+        "keyring",
+        "check",
+        "--config",
+        config_arg,
+        "--identity",
+        gamma.to_str().unwrap(),
+        "--json",
+    ])))
+    .unwrap();
+    assert_eq!(as_gamma["this_machine"]["approved_as"], "ws-gamma");
+    let as_outsider = stdout_of(&sohofs(&[
+        "keyring",
+        "check",
+        "--config",
+        config_arg,
+        "--identity",
+        outsider.to_str().unwrap(),
+    ]));
+    assert!(as_outsider.contains("this machine is not approved"), "{as_outsider}");
+
     let bad = write_config(dir.path(), &slapd, "wrong-password");
     let refused = sohofs(&["keyring", "check", "--config", bad.to_str().unwrap()]);
     assert_eq!(refused.status.code(), Some(1));
