@@ -50,7 +50,7 @@ cluster_up "$scratch/sohofs" --nodes 6 --k 4 --m 2
 bin=$(cluster_sohofs_bin)
 port=$(free_port)
 # libnfs needs a folder below the export to copy a file into.
-mkdir "$CLUSTER_MOUNT/bench"
+mkdir -m 0777 "$CLUSTER_MOUNT/bench"  # root squash: nfs-cp acts as 65534
 "$bin" nfs serve --config "$CLUSTER_DIR/sohofs.toml" --listen "127.0.0.1:$port" \
     >"$scratch/gateway.log" 2>&1 </dev/null &
 gateway_pid=$!

@@ -13,6 +13,8 @@ PACKAGES=(
     slapd ldap-utils              # real OpenLDAP for keyring tests
     libnfs-utils                  # NFSv3 client for gateway tests
     age                           # key envelopes cross-checked with the age CLI
+    libssl-dev                    # TLS to LDAP (ldaps://, StartTLS) via native-tls
+    openssl                       # the test CA of the TLS slapd tests
 )
 
 log() { printf 'install-deps: %s\n' "$*" >&2; }
@@ -46,6 +48,14 @@ if ((${#missing[@]} > 0)); then
     "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
     "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
         --no-install-recommends "${missing[@]}" </dev/null
+    # The keyring tests start their own slapd on a scratch config and a free
+    # loopback port; a system slapd that the install just started is not
+    # needed, so stop it (one that was there before is left alone).
+    if [[ " ${missing[*]} " == *" slapd "* ]] && command -v systemctl >/dev/null 2>&1 &&
+        systemctl is-active --quiet slapd 2>/dev/null; then
+        "${as_root[@]}" systemctl disable --now slapd >/dev/null 2>&1 || true
+        log "stopped the system slapd (tests run their own)"
+    fi
 else
     log "all packages present"
 fi

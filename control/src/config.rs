@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
+use sohofs_keyring::LdapConfig;
 use sohofs_storage::codec::{DataKey, DATA_KEY_BYTES};
 
 pub const CONFIG_FILE: &str = "sohofs.toml";
@@ -23,6 +24,10 @@ pub struct ClusterConfig {
     /// written before healing existed gets the defaults.
     #[serde(default)]
     pub heal: HealSection,
+    /// The office directory that approves machines (`sohofs keyring`).
+    /// Relative file paths in it are relative to the config file's folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ldap: Option<LdapConfig>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -158,6 +163,7 @@ mod tests {
                 grace_period_s: 3,
                 ..HealSection::default()
             },
+            ldap: None,
         };
         let path = dir.path().join(CONFIG_FILE);
         config.save(&path).unwrap();
@@ -177,5 +183,38 @@ mod tests {
         assert_eq!(key.as_bytes().len(), 32);
         std::fs::write(dir.path().join(KEY_FILE), "nothex").unwrap();
         assert!(config.data_key(&path).is_err());
+    }
+
+    #[test]
+    fn an_ldap_table_survives_save_and_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(CONFIG_FILE);
+        let text = r#"
+            meta = ["127.0.0.1:1"]
+            data_key_file = "volume.key"
+
+            [volume]
+            k = 2
+            m = 1
+            write_quorum = 3
+            chunk_bytes = 4194304
+            inline_bytes_max = 4096
+
+            [ldap]
+            url = "ldaps://ldap.example.org"
+            bind_dn = "cn=admin,dc=example,dc=org"
+            bind_password_file = "ldap.secret"
+            base_dn = "dc=example,dc=org"
+            cluster_group = "cn=sohofs-machines,ou=groups,dc=example,dc=org"
+            ca_file = "ca.pem"
+        "#;
+        std::fs::write(&path, text).unwrap();
+        let config = ClusterConfig::load(&path).unwrap();
+        let ldap = config.ldap.clone().unwrap();
+        assert_eq!(ldap.recipient_attribute, "sshPublicKey");
+        assert_eq!(ldap.machine_filter, "(objectClass=device)");
+        assert_eq!(ldap.ca_file.as_deref(), Some(Path::new("ca.pem")));
+        config.save(&path).unwrap();
+        assert_eq!(ClusterConfig::load(&path).unwrap(), config);
     }
 }

@@ -6,6 +6,7 @@
 
 mod config;
 mod debug;
+mod keyring;
 mod mount;
 mod nfs;
 mod scrub;
@@ -70,6 +71,11 @@ enum Command {
         #[command(subcommand)]
         verb: debug::DebugVerb,
     },
+    /// This machine's keyring and LDAP approval.
+    Keyring {
+        #[command(subcommand)]
+        verb: keyring::KeyringVerb,
+    },
     /// The metadata service.
     Meta {
         #[command(subcommand)]
@@ -128,6 +134,7 @@ fn main() {
             Command::Status { config, json } => status::run(&config, json).await,
             Command::Scrub { config, now, json } => scrub::run(&config, now, json).await,
             Command::Debug { verb } => debug::run(verb).await,
+            Command::Keyring { verb } => keyring::run(verb).await,
             Command::Meta { verb } => services::meta(verb).await,
             Command::Node { verb } => services::node(verb).await,
         }

@@ -155,6 +155,8 @@ fn prepare(args: &UpArgs, dir: &Path) -> Result<ClusterConfig> {
         volume,
         nodes,
         heal,
+        // An [ldap] table the administrator added survives restarts.
+        ldap: previous.as_ref().and_then(|p| p.ldap.clone()),
     };
     config.save(&config_path)?;
     Ok(config)

@@ -178,6 +178,70 @@ pub struct GcRecord {
     pub queued: TimeNs,
 }
 
+/// Bound on the age file inside a [`KeyEnvelope`]: a stanza is at most about
+/// 200 bytes, so this holds [`ENVELOPE_RECIPIENTS_MAX`] of them with room.
+pub const ENVELOPE_AGE_BYTES_MAX: usize = 1024 * 1024;
+/// Machines one envelope may be wrapped to.
+pub const ENVELOPE_RECIPIENTS_MAX: usize = 4096;
+/// Bound on a machine name (an LDAP DN) and on a recipient's text.
+pub const ENVELOPE_TEXT_BYTES_MAX: usize = 4096;
+
+/// One machine a key envelope is wrapped to.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct EnvelopeRecipient {
+    /// Its name in the directory (the LDAP DN of its entry).
+    pub machine: String,
+    /// Its public key as published (`age1…` or `ssh-ed25519 AAAA…`, no
+    /// comment), so that sync can tell a machine whose key changed.
+    pub recipient: String,
+}
+
+/// A directory data key of policy `policy_id` at key epoch `epoch`, wrapped
+/// with age to `recipients` (one stanza each). `age` is a binary age v1 file
+/// whose payload is the 32-byte key; meta stores it and cannot open it.
+/// `recipients` is what the wrapper meant (not checked against the stanzas:
+/// age stanzas do not name their recipient).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct KeyEnvelope {
+    pub policy_id: u64,
+    pub epoch: u32,
+    pub recipients: Vec<EnvelopeRecipient>,
+    pub age: Vec<u8>,
+}
+
+impl KeyEnvelope {
+    pub const MAGIC: [u8; 2] = *b"KE";
+    pub const VERSION: u8 = 1;
+    const WHAT: &'static str = "key envelope";
+
+    pub fn encode(&self) -> Vec<u8> {
+        encode_record(Self::MAGIC, Self::VERSION, self)
+    }
+
+    /// Decodes and checks every bound.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let envelope: KeyEnvelope = decode_record(Self::WHAT, Self::MAGIC, Self::VERSION, bytes)?;
+        let too_long = |found, max| DecodeError::TooLong {
+            what: Self::WHAT,
+            found,
+            max,
+        };
+        if envelope.age.len() > ENVELOPE_AGE_BYTES_MAX {
+            return Err(too_long(envelope.age.len(), ENVELOPE_AGE_BYTES_MAX));
+        }
+        if envelope.recipients.len() > ENVELOPE_RECIPIENTS_MAX {
+            return Err(too_long(envelope.recipients.len(), ENVELOPE_RECIPIENTS_MAX));
+        }
+        for recipient in &envelope.recipients {
+            let longest = recipient.machine.len().max(recipient.recipient.len());
+            if longest > ENVELOPE_TEXT_BYTES_MAX {
+                return Err(too_long(longest, ENVELOPE_TEXT_BYTES_MAX));
+            }
+        }
+        Ok(envelope)
+    }
+}
+
 macro_rules! stored_record {
     ($ty:ty, $magic:expr, $version:expr, $what:expr) => {
         impl $ty {

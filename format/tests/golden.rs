@@ -25,9 +25,9 @@ use sohofs_format::messages::{
     NodeStatus, RebuildStatus, ScrubReport, SetAttr, ShardRef, TimeSet, VolumeStatus,
 };
 use sohofs_format::{
-    ChunkRecord, DecodeError, Dentry, Extent, FileKind, FrameHeader, GcRecord, Inode, NodeRecord, Piece, PieceBody,
-    ShardHeader, ShardLoc, VolumeRecord, FRAME_BODY_BYTES_MAX, FRAME_DATA_BYTES_MAX, FRAME_HEADER_BYTES, ROOT_INO,
-    SHARD_HEADER_BYTES,
+    ChunkRecord, DecodeError, Dentry, EnvelopeRecipient, Extent, FileKind, FrameHeader, GcRecord, Inode, KeyEnvelope,
+    NodeRecord, Piece, PieceBody, ShardHeader, ShardLoc, VolumeRecord, FRAME_BODY_BYTES_MAX, FRAME_DATA_BYTES_MAX,
+    FRAME_HEADER_BYTES, ROOT_INO, SHARD_HEADER_BYTES,
 };
 
 const BLESS_VAR: &str = "SOHOFS_BLESS";
@@ -270,6 +270,25 @@ fn chunk_record() -> ChunkRecord {
     }
 }
 
+/// The age bytes are opaque to this crate: a recognisable stand-in will do.
+fn key_envelope() -> KeyEnvelope {
+    KeyEnvelope {
+        policy_id: 7,
+        epoch: 2,
+        recipients: vec![
+            EnvelopeRecipient {
+                machine: "cn=ws-alpha,ou=machines,dc=example,dc=org".into(),
+                recipient: "age1r6cdtdgzp2phkf6723n9xhscvt5dze7fum7mdcc6v7ye4jgw7faskzyzlz".into(),
+            },
+            EnvelopeRecipient {
+                machine: "cn=ws-beta,ou=machines,dc=example,dc=org".into(),
+                recipient: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGMk3qFVhnfpdvXrUq0yhgdVlyb6PcMhYy6sxePwmcDf".into(),
+            },
+        ],
+        age: b"age-encryption.org/v1\n-> X25519 stand-in\n--- mac\n\x00\x01\x02".to_vec(),
+    }
+}
+
 fn node_record() -> NodeRecord {
     NodeRecord {
         id: 3,
@@ -360,6 +379,12 @@ fn cases() -> Vec<Box<dyn Vector>> {
             ChunkRecord::decode,
         ),
         record("record_node.bin", node_record(), NodeRecord::encode, NodeRecord::decode),
+        record(
+            "record_key_envelope.bin",
+            key_envelope(),
+            KeyEnvelope::encode,
+            KeyEnvelope::decode,
+        ),
         record(
             "record_gc.bin",
             GcRecord {

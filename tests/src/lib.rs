@@ -10,6 +10,9 @@
 //! or a process behind. Tests that start clusters run one at a time across
 //! threads and processes (a file lock), since a 2-core machine cannot hold two.
 //!
+//! [`Slapd`] is a real OpenLDAP server on a scratch config for the keyring
+//! tests.
+//!
 //! The harness relies only on the CLI contract of `sohofs` (see
 //! `tests/README.md`) and on `SOHOFS_LOG`; it never reads the engine's files
 //! except the node pid files the contract names.
@@ -20,11 +23,13 @@ pub mod gateway;
 pub mod manifest;
 pub mod mounts;
 pub mod process;
+pub mod slapd;
 pub mod status;
 pub mod tree;
 pub mod wait;
 
 pub use cluster::{sohofs_bin, Client, Cluster, ClusterOptions};
+pub use slapd::{Slapd, SlapdOptions};
 pub use status::{NodeState, Status};
 pub use tree::{assert_trees_equal, hash_tree, Entry, Tree};
 pub use wait::{bounded, wait_until};
