@@ -2,13 +2,15 @@
 //! the shard stores a node keeps (`shard_store`) and the node service
 //! (`node`), the metadata store and meta service (`kv`, `meta`), the RPC
 //! transport (`rpc`, `peers`), shard placement (`placement`) and the client
-//! volume API (`volume`) that the FUSE and NFS adapters use.
+//! volume API (`volume`) that the FUSE and NFS adapters use, and fault
+//! injection (`fault`) for tests and the fault benchmark.
 //!
 //! The adapters may use only [`volume`] and [`error`]; everything else is the
 //! engine's own. Byte layouts come from `sohofs-format` and nowhere else.
 
 pub mod codec;
 pub mod error;
+pub mod fault;
 pub mod kv;
 pub mod meta;
 pub mod node;

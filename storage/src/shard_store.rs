@@ -12,6 +12,7 @@ use std::sync::Mutex;
 use sohofs_format::shard::{ShardHeader, SHARD_HEADER_BYTES};
 
 use crate::error::{FsError, FsResult};
+use crate::fault;
 
 /// Identifies a shard: the piece it belongs to and its index in the stripe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -113,7 +114,9 @@ impl ShardStore for DiskShardStore {
             file.write_all(&header.encode())?;
             file.write_all(payload)?;
             file.sync_all()?;
+            fault::failpoint(fault::SHARD_PUT_AFTER_TEMP_WRITE).map_err(std::io::Error::other)?;
             fs::rename(&temp, &path)?;
+            fault::failpoint(fault::SHARD_PUT_AFTER_RENAME).map_err(std::io::Error::other)?;
             // The rename is durable only once the directory is.
             File::open(bucket)?.sync_all()
         };
