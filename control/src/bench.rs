@@ -615,8 +615,9 @@ async fn corruption(cluster: &mut BenchCluster, blocks: u64) -> Result<Row> {
             row.seconds = Some(elapsed.as_secs_f64());
             row.ok = Some(exact && corrupted > 0 && detected > 0);
             row.detail = format!(
-                "{corrupted} shards corrupted, {detected} detected by reads (the rest are parity shards a read \
-                 does not need); data read {}; repaired: not available (scrub is not in this build)",
+                "{corrupted} shards corrupted, {detected} detected by reads (a read fetches a parity shard only \
+                 in place of a bad data shard, so corrupt parity may go unseen); data read {}; repaired: not \
+                 available (scrub is not in this build)",
                 if exact { "byte-exact" } else { "WRONG" }
             );
         }
