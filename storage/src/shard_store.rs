@@ -95,6 +95,15 @@ impl DiskShardStore {
     }
 }
 
+/// A failpoint inside the disk store's I/O: `nospace` comes out as ENOSPC,
+/// as from a full disk.
+fn failpoint_io(name: &'static str) -> std::io::Result<()> {
+    fault::failpoint(name).map_err(|error| match error {
+        FsError::NoSpace(_) => std::io::Error::from_raw_os_error(libc::ENOSPC),
+        other => std::io::Error::other(other),
+    })
+}
+
 fn io_error(what: &str, path: &Path, error: std::io::Error) -> FsError {
     if error.raw_os_error() == Some(libc::ENOSPC) {
         return FsError::NoSpace(format!("{what} {}: {error}", path.display()));
@@ -114,9 +123,9 @@ impl ShardStore for DiskShardStore {
             file.write_all(&header.encode())?;
             file.write_all(payload)?;
             file.sync_all()?;
-            fault::failpoint(fault::SHARD_PUT_AFTER_TEMP_WRITE).map_err(std::io::Error::other)?;
+            failpoint_io(fault::SHARD_PUT_AFTER_TEMP_WRITE)?;
             fs::rename(&temp, &path)?;
-            fault::failpoint(fault::SHARD_PUT_AFTER_RENAME).map_err(std::io::Error::other)?;
+            failpoint_io(fault::SHARD_PUT_AFTER_RENAME)?;
             // The rename is durable only once the directory is.
             File::open(bucket)?.sync_all()
         };

@@ -51,7 +51,10 @@ fn a_node_that_crashes_after_its_temp_write_loses_nothing_acknowledged() {
         }
     });
     // Puts run in parallel: other temp files may have been mid-write too.
-    assert!(!temp_shards(&node_2_shards).is_empty(), "the crash leaves its temp file");
+    assert!(
+        !temp_shards(&node_2_shards).is_empty(),
+        "the crash leaves its temp file"
+    );
     let node_log = fs::read_to_string(cluster.nodes_dir().join("2/node.log")).unwrap();
     assert!(
         node_log.contains("failpoint shard_store.put.after_temp_write"),
