@@ -960,3 +960,30 @@ impl BenchCluster {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_chart_is_a_png_also_with_rows_that_did_not_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(CHART_FILE);
+        let mut rows = vec![Row::new("healthy"), Row::new("not run"), Row::new("failed")];
+        rows[0].mb_per_s = Some(120.0);
+        rows[0].ok = Some(true);
+        rows[2].mb_per_s = Some(30.0);
+        rows[2].ok = Some(false);
+        draw_chart(&rows, &path).unwrap();
+        let png = std::fs::read(&path).unwrap();
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    }
+
+    #[test]
+    fn blocks_are_deterministic_and_differ() {
+        assert_eq!(block(1, 0), block(1, 0));
+        assert_ne!(block(1, 0), block(1, 1));
+        assert_ne!(block(1, 0), block(2, 0));
+        assert_eq!(block(1, 0).len(), BLOCK_BYTES);
+    }
+}
