@@ -68,7 +68,8 @@ pub const FAILPOINTS: &[(&str, &str)] = &[
     (
         NODE_HEARTBEAT,
         "node, before each heartbeat to meta: an error skips it; meta shows the node down after \
-         its down-after window and clients stop placing shards on it, nothing else depends on it",
+         its down-after window and clients stop placing shards on it; today nothing else depends on \
+         heartbeats (healing will rebuild a node silent past the grace period)",
     ),
 ];
 
