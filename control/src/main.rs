@@ -4,6 +4,7 @@
 //!
 //! Exit codes: 0 success, 1 failure (the message says what), 2 bad usage.
 
+mod bench;
 mod config;
 mod debug;
 mod keyring;
@@ -86,6 +87,11 @@ enum Command {
         #[command(subcommand)]
         verb: services::NodeVerb,
     },
+    /// Benchmarks that start their own cluster.
+    Bench {
+        #[command(subcommand)]
+        verb: bench::BenchVerb,
+    },
 }
 
 fn init_logging() {
@@ -119,6 +125,20 @@ fn main() {
     keep_chunk_buffers_on_the_heap();
     let cli = Cli::parse();
     init_logging();
+    // Failpoints are armed before anything runs; an entry scoped to `node-3`
+    // acts only in node 3 (see sohofs_storage::fault).
+    let scope = match &cli.command {
+        Command::Node {
+            verb: services::NodeVerb::Serve { id, .. },
+        } => format!("node-{id}"),
+        Command::Meta { .. } => "meta".to_string(),
+        _ => "client".to_string(),
+    };
+    sohofs_storage::fault::set_scope(scope);
+    if let Err(error) = sohofs_storage::fault::init_from_env() {
+        eprintln!("sohofs: {error}");
+        std::process::exit(2);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -137,6 +157,7 @@ fn main() {
             Command::Keyring { verb } => keyring::run(verb).await,
             Command::Meta { verb } => services::meta(verb).await,
             Command::Node { verb } => services::node(verb).await,
+            Command::Bench { verb } => bench::run(verb).await,
         }
     });
     // Background tasks (node refresh, read-ahead) must not hold the exit.

@@ -75,7 +75,7 @@ fn absolute(path: &Path) -> Result<PathBuf> {
 
 /// Makes or updates DIR/sohofs.toml. Ports are chosen afresh at every start;
 /// the volume geometry of an existing cluster is kept and must match.
-fn prepare(args: &UpArgs, dir: &Path) -> Result<ClusterConfig> {
+pub(crate) fn prepare(args: &UpArgs, dir: &Path) -> Result<ClusterConfig> {
     let write_quorum = args
         .write_quorum
         .unwrap_or_else(|| default_write_quorum(args.k, args.m));
@@ -251,7 +251,7 @@ async fn watch_children(children: &mut Children) {
     }
 }
 
-async fn wait_for_port(addr: &str, child: &mut Child, what: &str, log: &Path) -> Result<()> {
+pub(crate) async fn wait_for_port(addr: &str, child: &mut Child, what: &str, log: &Path) -> Result<()> {
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         if tokio::net::TcpStream::connect(addr).await.is_ok() {

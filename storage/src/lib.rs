@@ -4,13 +4,15 @@
 //! transport (`rpc`, `peers`), shard placement (`placement`), repair planning
 //! (`repair`, pure) and the heal service that carries it out in meta
 //! (`heal`: rebuild, scrub), and the client volume API (`volume`) that the
-//! FUSE and NFS adapters use.
+//! FUSE and NFS adapters use, and fault injection (`fault`) for tests and
+//! the fault benchmark.
 //!
 //! The adapters may use only [`volume`] and [`error`]; everything else is the
 //! engine's own. Byte layouts come from `sohofs-format` and nowhere else.
 
 pub mod codec;
 pub mod error;
+pub mod fault;
 pub mod heal;
 pub mod kv;
 pub mod meta;

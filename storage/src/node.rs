@@ -10,6 +10,7 @@ use sohofs_format::messages::{MetaRequest, NodeRequest, NodeResponse, ShardRef};
 use sohofs_format::{NodeId, NodeRecord};
 
 use crate::error::{FsError, FsResult};
+use crate::fault;
 use crate::peers::MetaClient;
 use crate::rpc::{self, Handler, Transport};
 use crate::shard_store::{ShardKey, ShardStore};
@@ -221,6 +222,10 @@ async fn heartbeat_loop(config: NodeConfig, store: Arc<dyn ShardStore>, transpor
     let meta = MetaClient::new(&config.meta_addrs, transport);
     let mut warned = false;
     loop {
+        if fault::failpoint_async(fault::NODE_HEARTBEAT).await.is_err() {
+            tokio::time::sleep(HEARTBEAT_INTERVAL).await;
+            continue;
+        }
         let stat = {
             let store = store.clone();
             tokio::task::spawn_blocking(move || store.stat()).await

@@ -16,6 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
 
 use crate::error::{FsError, FsResult};
+use crate::fault::{self, TransportFaults};
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub const CALL_TIMEOUT_DEFAULT: Duration = Duration::from_secs(20);
@@ -86,11 +87,19 @@ fn too_long(what: &str) -> std::io::Error {
 /// Makes streams to peers. Plain TCP today; mutual TLS under the cluster CA
 /// slots in here without changing any caller.
 #[derive(Debug, Clone, Default)]
-pub struct Transport {}
+pub struct Transport {
+    /// Client-side fault injection (tests and the fault benchmark only).
+    faults: Option<Arc<TransportFaults>>,
+}
 
 pub type Stream = BufWriter<BufReader<TcpStream>>;
 
 impl Transport {
+    /// A transport whose clients obey `faults` before every call.
+    pub fn with_faults(faults: Arc<TransportFaults>) -> Self {
+        Transport { faults: Some(faults) }
+    }
+
     pub async fn connect(&self, addr: &str) -> FsResult<Stream> {
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
             .await
@@ -169,6 +178,10 @@ async fn serve_connection<H: Handler>(
             tracing::debug!(%peer, "closing connection: response frame sent to a server");
             break;
         }
+        if let Err(error) = fault::failpoint_async(fault::RPC_SERVE).await {
+            tracing::debug!(%peer, %error, "closing connection unanswered");
+            break;
+        }
         let (body, data) = handler.handle(frame.body, frame.data).await;
         if let Err(error) = write_frame(&mut stream, FrameKind::Response, frame.header.request_id, &body, &data).await {
             tracing::debug!(%peer, %error, "closing connection after a failed reply");
@@ -231,6 +244,9 @@ impl RpcClient {
     /// not sent again: the peer may still be carrying it out, and the caller
     /// would wait twice the timeout.
     pub async fn call(&self, body: &[u8], data: &[u8]) -> FsResult<Frame> {
+        if let Some(faults) = &self.transport.faults {
+            faults.before_call(&self.addr, self.call_timeout).await?;
+        }
         let pooled = self.idle.lock().await.pop();
         if let Some(stream) = pooled {
             match self.exchange(stream, body, data).await {

@@ -13,6 +13,7 @@ use sohofs_format::messages::SCRUB_CORRUPT_LISTED_MAX;
 use sohofs_format::shard::{ShardHeader, SHARD_HEADER_BYTES};
 
 use crate::error::{FsError, FsResult};
+use crate::fault;
 
 /// Identifies a shard: the piece it belongs to and its index in the stripe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -151,6 +152,15 @@ fn parse_shard_file_name(name: &str) -> Option<ShardKey> {
     })
 }
 
+/// A failpoint inside the disk store's I/O: `nospace` comes out as ENOSPC,
+/// as from a full disk.
+fn failpoint_io(name: &'static str) -> std::io::Result<()> {
+    fault::failpoint(name).map_err(|error| match error {
+        FsError::NoSpace(_) => std::io::Error::from_raw_os_error(libc::ENOSPC),
+        other => std::io::Error::other(other),
+    })
+}
+
 fn io_error(what: &str, path: &Path, error: std::io::Error) -> FsError {
     if error.raw_os_error() == Some(libc::ENOSPC) {
         return FsError::NoSpace(format!("{what} {}: {error}", path.display()));
@@ -170,7 +180,9 @@ impl ShardStore for DiskShardStore {
             file.write_all(&header.encode())?;
             file.write_all(payload)?;
             file.sync_all()?;
+            failpoint_io(fault::SHARD_PUT_AFTER_TEMP_WRITE)?;
             fs::rename(&temp, &path)?;
+            failpoint_io(fault::SHARD_PUT_AFTER_RENAME)?;
             // The rename is durable only once the directory is.
             File::open(bucket)?.sync_all()
         };

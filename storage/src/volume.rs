@@ -28,6 +28,7 @@ pub use sohofs_format::{FileKind, Ino, Inode as Attr, TimeNs, ROOT_INO};
 
 use crate::codec::{self, DataKey, PiecePlace};
 use crate::error::{FsError, FsResult};
+use crate::fault;
 use crate::meta::now_ns;
 use crate::peers::{MetaClient, NodeClient};
 use crate::placement::{choose_nodes, NodeView};
@@ -204,7 +205,11 @@ impl Volume {
     /// Connects to meta, learns the volume and the nodes, and starts the
     /// background refresh of the node view.
     pub async fn connect(config: VolumeConfig) -> FsResult<Volume> {
-        let transport = Transport::default();
+        Self::connect_with_transport(config, Transport::default()).await
+    }
+
+    /// [`Volume::connect`] over a given transport (one with fault injection).
+    pub async fn connect_with_transport(config: VolumeConfig, transport: Transport) -> FsResult<Volume> {
         let meta = MetaClient::new(&config.meta_addrs, transport.clone());
         let volume = match meta.call(&MetaRequest::Volume).await? {
             MetaResponse::Volume(volume) => volume,
@@ -837,6 +842,7 @@ impl Volume {
             (span.offset, span.data.clone())
         };
         let piece = self.store_piece(ino, index, offset, plain).await?;
+        fault::failpoint_async(fault::VOLUME_AFTER_SHARDS_PUT).await?;
         let extent = Extent {
             offset,
             len: piece.plain_len,
@@ -1000,10 +1006,16 @@ impl Volume {
         // Shards whose first node has no host (fewer hosts than width) wait
         // for a spare like failed ones.
         let mut failed: Vec<usize> = (chosen.len()..width).collect();
+        // Nodes that answered "no space": below the quorum because of them,
+        // the volume is full (ENOSPC), not broken.
+        let mut full_nodes = 0usize;
         while let Some((index, node, result)) = attempts.next().await {
             match result {
                 Ok(()) => placed[index as usize] = Some(node),
                 Err(error) => {
+                    if matches!(error, FsError::NoSpace(_)) {
+                        full_nodes += 1;
+                    }
                     if !error.is_transient() || self.mark_down(node) {
                         tracing::warn!(node, %error, "shard write failed; trying a spare host");
                     }
@@ -1033,9 +1045,13 @@ impl Volume {
         if durable < quorum {
             // No record will ever name these shards: take them back now.
             self.discard_shards(piece_id, &placed).await;
-            return Err(FsError::Io(format!(
-                "only {durable} of {width} shards could be written; the write quorum is {quorum}"
-            )));
+            let reason = format!(
+                "only {durable} of {width} shards could be written ({full_nodes} nodes full); the write quorum is {quorum}"
+            );
+            if full_nodes > 0 {
+                return Err(FsError::NoSpace(reason));
+            }
+            return Err(FsError::Io(reason));
         }
         Ok(placed
             .into_iter()

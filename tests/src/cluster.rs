@@ -148,6 +148,8 @@ pub struct Cluster {
     up: Option<Child>,
     up_runs: u32,
     clients_started: Cell<u32>,
+    /// Extra environment of every process started (e.g. failpoints).
+    env: Vec<(String, String)>,
     scratch: Option<TempDir>,
     // Declared last: fields drop in order, so the lock is released only after
     // `Drop::drop` has stopped everything and the scratch directory is gone.
@@ -157,11 +159,22 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `sohofs up` and returns once its mount is ready.
     pub fn start(options: ClusterOptions) -> Cluster {
-        Self::start_with_up_args(options, &[])
+        Cluster::start_with(options, &[], &[])
     }
 
     /// Like [`Cluster::start`], passing `up_args` to every `up` run.
     pub fn start_with_up_args(options: ClusterOptions, up_args: &[&str]) -> Cluster {
+        Cluster::start_with(options, up_args, &[])
+    }
+
+    /// [`Cluster::start`] with extra environment for every process it starts
+    /// (`SOHOFS_FAILPOINTS`, …), until [`Cluster::set_env`] changes it.
+    pub fn start_with_env(options: ClusterOptions, env: &[(&str, &str)]) -> Cluster {
+        Cluster::start_with(options, &[], env)
+    }
+
+    /// [`Cluster::start`] with extra `up` arguments and environment.
+    pub fn start_with(options: ClusterOptions, up_args: &[&str], env: &[(&str, &str)]) -> Cluster {
         let serial = SerialGuard::acquire();
         sweep_leftovers_of_dead_test_processes();
         let bin = sohofs_bin();
@@ -190,6 +203,7 @@ impl Cluster {
             up: None,
             up_runs: 0,
             clients_started: Cell::new(0),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             scratch: Some(scratch),
             _serial: serial,
         };
@@ -416,10 +430,20 @@ impl Cluster {
         client
     }
 
+    /// Sets (or with `None` removes) a variable of the extra environment;
+    /// it applies to processes started from now on.
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        self.env.retain(|(k, _)| k != key);
+        if let Some(value) = value {
+            self.env.push((key.to_string(), value.to_string()));
+        }
+    }
+
     fn apply_env(&self, command: &mut Command) {
         if env::var_os("SOHOFS_LOG").is_none() {
             command.env("SOHOFS_LOG", "info");
         }
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
     }
 
     fn spawn_logged(&self, mut command: Command, log: &Path) -> Child {

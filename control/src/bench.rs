@@ -1,0 +1,990 @@
+//! `sohofs bench faults`: the fault-injection benchmark.
+//!
+//! It starts its own 6-node 4+2 cluster the way `sohofs up` does (one meta
+//! and six node processes of this binary, under a scratch folder; nodes 5
+//! and 6 keep their shards on small tmpfs mounts so that their disks can
+//! really fill up), drives it with an in-process client (the volume API,
+//! without FUSE), injects faults and checks every byte read back:
+//!
+//! | scenario | fault | how |
+//! |---|---|---|
+//! | healthy write / read | none | sequential 1 MiB writes, fsync; read by a fresh client |
+//! | read, 1 / 2 nodes killed | node processes SIGKILLed | read by a fresh client |
+//! | rebuild | a node killed | only when `status --json` has `volume.rebuild` |
+//! | SIGKILL during writes | node 3 SIGKILLed halfway | fsync every 4 MiB; what was fsynced must read back |
+//! | disk full | tmpfs of node 5 filled, then node 6's | writes go on at 5 shards; ENOSPC only with 4 hosts left (< quorum 5) |
+//! | network cut | failpoints `rpc.serve` + `node.heartbeat` in node 4 | connections closed unanswered, no heartbeats |
+//! | corruption | a payload byte flipped in every shard of a file on m=2 nodes | reads fall back to parity; nodes log each detection |
+//!
+//! It prints a table, writes `faults.json` and draws `faults.png` in the
+//! output folder.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::{RngCore, SeedableRng};
+use serde::{Deserialize, Serialize};
+use sohofs_storage::fault;
+use sohofs_storage::volume::{Ino, Volume, ROOT_INO};
+use sohofs_storage::FsError;
+use tokio::process::{Child, Command};
+
+use crate::config::{ClusterConfig, CONFIG_FILE};
+use crate::up::{self, UpArgs};
+
+#[derive(Subcommand)]
+pub enum BenchVerb {
+    /// Measure a 6-node 4+2 cluster of its own under injected faults.
+    Faults(FaultsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct FaultsArgs {
+    /// A TOML file of settings (`mib`, `dir`, `out`, `rebuild_timeout_s`);
+    /// flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// MiB written by the healthy write (other scenarios write fractions).
+    #[arg(long)]
+    mib: Option<u64>,
+    /// Scratch folder for the cluster (default: a new folder under /tmp).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Where faults.json and faults.png go (default: the current folder).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Keep the scratch folder afterwards.
+    #[arg(long)]
+    keep: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FaultsConfig {
+    mib: Option<u64>,
+    dir: Option<PathBuf>,
+    out: Option<PathBuf>,
+    rebuild_timeout_s: Option<u64>,
+}
+
+const NODES: u32 = 6;
+const K: u8 = 4;
+const M: u8 = 2;
+const MIB_DEFAULT: u64 = 256;
+const BLOCK_BYTES: usize = 1 << 20;
+/// Blocks written between two fsyncs in the SIGKILL scenario.
+const FSYNC_EVERY_BLOCKS: u64 = 4;
+const REBUILD_TIMEOUT_DEFAULT: Duration = Duration::from_secs(300);
+/// How long nodes get to register, or to be seen down.
+const NODE_STATE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Nodes whose data folder is a tmpfs that the disk-full scenario fills.
+const TMPFS_NODES: [u64; 2] = [5, 6];
+const KILLED_FOR_READS: [u64; 2] = [1, 2];
+const KILLED_DURING_WRITES: u64 = 3;
+const CUT_OFF: u64 = 4;
+const CORRUPTED_NODES: [u64; 2] = [1, 2];
+const CHART_FILE: &str = "faults.png";
+const JSON_FILE: &str = "faults.json";
+
+/// One line of the table.
+#[derive(Debug, Clone, Serialize)]
+struct Row {
+    scenario: String,
+    /// MB/s (10^6 bytes) where the scenario moves data.
+    mb_per_s: Option<f64>,
+    seconds: Option<f64>,
+    /// Whether everything read back was byte-exact and the fault was handled
+    /// as promised; `None` when the scenario did not run.
+    ok: Option<bool>,
+    detail: String,
+}
+
+impl Row {
+    fn new(scenario: &str) -> Row {
+        Row {
+            scenario: scenario.into(),
+            mb_per_s: None,
+            seconds: None,
+            ok: None,
+            detail: String::new(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Report {
+    nodes: u32,
+    k: u8,
+    m: u8,
+    mib: u64,
+    client: &'static str,
+    disk_full_method: &'static str,
+    network_cut_method: &'static str,
+    rows: Vec<Row>,
+}
+
+pub async fn run(verb: BenchVerb) -> Result<()> {
+    let BenchVerb::Faults(args) = verb;
+    let settings: FaultsConfig = match &args.config {
+        Some(path) => {
+            toml::from_str(&std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?)
+                .with_context(|| format!("parse {}", path.display()))?
+        }
+        None => FaultsConfig::default(),
+    };
+    let mib = args.mib.or(settings.mib).unwrap_or(MIB_DEFAULT).max(16);
+    let out = args.out.or(settings.out).unwrap_or_else(|| PathBuf::from("."));
+    let rebuild_timeout = settings
+        .rebuild_timeout_s
+        .map(Duration::from_secs)
+        .unwrap_or(REBUILD_TIMEOUT_DEFAULT);
+    let dir = match args.dir.or(settings.dir) {
+        Some(dir) => dir,
+        None => std::env::temp_dir().join(format!("sohofs-bench-faults-{}", std::process::id())),
+    };
+    if dir.exists() && std::fs::read_dir(&dir)?.next().is_some() {
+        bail!("--dir {} is not empty", dir.display());
+    }
+    std::fs::create_dir_all(&out).with_context(|| format!("create {}", out.display()))?;
+    let mut cluster = BenchCluster::prepare(&dir, mib)?;
+    let outcome = tokio::select! {
+        outcome = async {
+            cluster.start().await?;
+            scenarios(&mut cluster, mib, rebuild_timeout).await
+        } => outcome,
+        _ = up::terminated() => Err(anyhow::anyhow!("interrupted")),
+    };
+    cluster.stop().await;
+    if !args.keep {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let rows = outcome?;
+    let report = Report {
+        nodes: NODES,
+        k: K,
+        m: M,
+        mib,
+        client: "in-process volume API (no FUSE)",
+        disk_full_method: "tmpfs data folders on nodes 5 and 6, filled with a file until ENOSPC",
+        network_cut_method: "failpoints rpc.serve and node.heartbeat armed in node 4 through SOHOFS_FAILPOINTS_FILE: \
+                             every connection closed unanswered, no heartbeats",
+        rows,
+    };
+    print_table(&report);
+    let json_path = out.join(JSON_FILE);
+    std::fs::write(&json_path, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("write {}", json_path.display()))?;
+    let chart_path = out.join(CHART_FILE);
+    draw_chart(&report.rows, &chart_path)?;
+    println!("wrote {} and {}", json_path.display(), chart_path.display());
+    if report.rows.iter().any(|r| r.ok == Some(false)) {
+        bail!("a scenario failed its check (see the table)");
+    }
+    Ok(())
+}
+
+/// Deterministic contents: block `index` of the file with `seed`.
+fn block(seed: u64, index: u64) -> Vec<u8> {
+    let mut bytes = vec![0u8; BLOCK_BYTES];
+    rand::rngs::StdRng::seed_from_u64(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ index).fill_bytes(&mut bytes);
+    bytes
+}
+
+fn mb_per_s(bytes: u64, elapsed: Duration) -> f64 {
+    bytes as f64 / 1e6 / elapsed.as_secs_f64().max(1e-9)
+}
+
+/// A file the benchmark wrote: what it should read as.
+#[derive(Clone, Copy)]
+struct Written {
+    ino: Ino,
+    seed: u64,
+    blocks: u64,
+}
+
+async fn create(volume: &Volume, name: &str) -> Result<Ino> {
+    Ok(volume.create(ROOT_INO, name.as_bytes(), 0o644, 0, 0).await?.ino)
+}
+
+/// Writes `blocks` MiB sequentially and fsyncs; returns the file and the time.
+async fn write_file(volume: &Volume, name: &str, seed: u64, blocks: u64) -> Result<(Written, Duration), FsError> {
+    let ino = volume.create(ROOT_INO, name.as_bytes(), 0o644, 0, 0).await?.ino;
+    let started = Instant::now();
+    let written = async {
+        for index in 0..blocks {
+            let data = block(seed, index);
+            volume.write(ino, index * BLOCK_BYTES as u64, &data).await?;
+        }
+        volume.fsync(ino).await
+    }
+    .await;
+    let elapsed = started.elapsed();
+    let _ = volume.release(ino).await;
+    written.map(|()| (Written { ino, seed, blocks }, elapsed))
+}
+
+/// Reads a file back in 1 MiB reads; returns whether every byte matched.
+async fn read_file(volume: &Volume, file: Written) -> Result<(bool, Duration), FsError> {
+    volume.open(file.ino).await?;
+    let started = Instant::now();
+    let checked = async {
+        let mut exact = volume.getattr(file.ino).await?.size == file.blocks * BLOCK_BYTES as u64;
+        for index in 0..file.blocks {
+            let got = volume
+                .read(file.ino, index * BLOCK_BYTES as u64, BLOCK_BYTES as u32)
+                .await?;
+            exact &= got == block(file.seed, index);
+        }
+        Ok(exact)
+    }
+    .await;
+    let elapsed = started.elapsed();
+    let _ = volume.release(file.ino).await;
+    checked.map(|exact| (exact, elapsed))
+}
+
+/// Reads every file with a fresh client; true when all are byte-exact.
+async fn all_intact(cluster: &BenchCluster, files: &[Written]) -> Result<bool> {
+    let volume = cluster.client().await?;
+    for file in files {
+        match read_file(&volume, *file).await {
+            Ok((true, _)) => {}
+            Ok((false, _)) | Err(_) => return Ok(false),
+        }
+    }
+    Ok(true)
+}
+
+async fn scenarios(cluster: &mut BenchCluster, mib: u64, rebuild_timeout: Duration) -> Result<Vec<Row>> {
+    let progress = ProgressBar::new(10);
+    progress.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    progress.enable_steady_tick(Duration::from_millis(200));
+    let mut rows = Vec::new();
+    let step = |row: &Row, rows: &mut Vec<Row>| {
+        progress.println(format!("{}: {}", row.scenario, row.detail));
+        progress.inc(1);
+        rows.push(row.clone());
+    };
+    let bytes = mib * BLOCK_BYTES as u64;
+
+    progress.set_message("healthy write");
+    let client = cluster.client().await?;
+    let (main, elapsed) = write_file(&client, "healthy.bin", 1, mib)
+        .await
+        .context("healthy write")?;
+    let mut row = Row::new("healthy sequential write");
+    row.mb_per_s = Some(mb_per_s(bytes, elapsed));
+    row.seconds = Some(elapsed.as_secs_f64());
+    row.ok = Some(true);
+    row.detail = format!("{mib} MiB in 1 MiB writes, fsync counted");
+    step(&row, &mut rows);
+    let mut files = vec![main];
+
+    for (down, label) in [
+        (0usize, "healthy sequential read"),
+        (1, "read, 1 node killed"),
+        (2, "read, 2 nodes killed"),
+    ] {
+        progress.set_message(label);
+        if down > 0 {
+            cluster.kill_node(KILLED_FOR_READS[down - 1]).await?;
+        }
+        let mut row = Row::new(label);
+        match read_file(&cluster.client().await?, main).await {
+            Ok((exact, elapsed)) => {
+                row.mb_per_s = Some(mb_per_s(bytes, elapsed));
+                row.seconds = Some(elapsed.as_secs_f64());
+                row.ok = Some(exact);
+                row.detail = if exact { "byte-exact" } else { "WRONG BYTES" }.into();
+            }
+            Err(error) => {
+                row.ok = Some(false);
+                row.detail = format!("read failed: {error}");
+            }
+        }
+        step(&row, &mut rows);
+    }
+    progress.set_message("restarting the killed nodes");
+    for id in KILLED_FOR_READS {
+        cluster.start_node(id).await?;
+    }
+    cluster.wait_nodes(NODES as usize).await?;
+
+    progress.set_message("rebuild");
+    let row = rebuild(cluster, rebuild_timeout).await?;
+    step(&row, &mut rows);
+
+    progress.set_message("SIGKILL of a node during writes");
+    let (row, file) = kill_during_writes(cluster, mib / 2).await?;
+    files.extend(file);
+    step(&row, &mut rows);
+    cluster.start_node(KILLED_DURING_WRITES).await?;
+    cluster.wait_nodes(NODES as usize).await?;
+
+    progress.set_message("one node's disk full");
+    let (full_rows, written) = disk_full(cluster, mib / 4, &files).await?;
+    files.extend(written);
+    for row in &full_rows {
+        step(row, &mut rows);
+    }
+
+    progress.set_message("one node cut off from the network");
+    let (row, written) = network_cut(cluster, mib / 4, &files).await?;
+    files.extend(written);
+    step(&row, &mut rows);
+
+    progress.set_message("corrupt shards on m nodes");
+    let row = corruption(cluster, mib / 4).await?;
+    step(&row, &mut rows);
+    progress.finish_and_clear();
+    Ok(rows)
+}
+
+/// Kills a node and times the cluster's own rebuild, when it has one.
+async fn rebuild(cluster: &mut BenchCluster, timeout: Duration) -> Result<Row> {
+    let mut row = Row::new("rebuild of a killed node");
+    let status = cluster.status_json().await?;
+    if status["volume"].get("rebuild").is_none() {
+        row.detail = "not available: this build's `status --json` has no volume.rebuild".into();
+        return Ok(row);
+    }
+    let victim = KILLED_DURING_WRITES;
+    let used_bytes = status["nodes"]
+        .as_array()
+        .and_then(|nodes| nodes.iter().find(|n| n["id"] == victim))
+        .and_then(|n| n["used_bytes"].as_u64())
+        .unwrap_or(0);
+    cluster.kill_node(victim).await?;
+    let started = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let status = cluster.status_json().await?;
+        let volume = &status["volume"];
+        let left = volume["rebuild"]["chunks_left"].as_u64().unwrap_or(0);
+        if volume["chunks_degraded"].as_u64() == Some(0) && left == 0 && started.elapsed() > Duration::from_secs(2) {
+            break;
+        }
+        if started.elapsed() > timeout {
+            row.ok = Some(false);
+            row.detail = format!("not done after {timeout:?}: {volume}");
+            cluster.start_node(victim).await?;
+            cluster.wait_nodes(NODES as usize).await?;
+            return Ok(row);
+        }
+    }
+    let elapsed = started.elapsed();
+    row.seconds = Some(elapsed.as_secs_f64());
+    row.mb_per_s = Some(mb_per_s(used_bytes, elapsed));
+    row.ok = Some(true);
+    row.detail = format!(
+        "{:.1} MiB of node {victim}'s shards, from the kill (grace period included) to zero degraded chunks",
+        used_bytes as f64 / (1 << 20) as f64
+    );
+    cluster.start_node(victim).await?;
+    cluster.wait_nodes(NODES as usize).await?;
+    Ok(row)
+}
+
+/// SIGKILLs a node halfway through a write with an fsync every 4 MiB.
+async fn kill_during_writes(cluster: &mut BenchCluster, blocks: u64) -> Result<(Row, Option<Written>)> {
+    let mut row = Row::new("node SIGKILLed during writes");
+    let volume = cluster.client().await?;
+    let seed = 2;
+    let ino = create(&volume, "killed-during-write.bin").await?;
+    let started = Instant::now();
+    let mut acknowledged = 0u64;
+    let mut failure = None;
+    for index in 0..blocks {
+        if index == blocks / 2 {
+            cluster.kill_node(KILLED_DURING_WRITES).await?;
+        }
+        if let Err(error) = volume.write(ino, index * BLOCK_BYTES as u64, &block(seed, index)).await {
+            failure = Some(error);
+            break;
+        }
+        if (index + 1) % FSYNC_EVERY_BLOCKS == 0 || index + 1 == blocks {
+            match volume.fsync(ino).await {
+                Ok(()) => acknowledged = index + 1,
+                Err(error) => {
+                    failure = Some(error);
+                    break;
+                }
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    let _ = volume.release(ino).await;
+    let acked = Written {
+        ino,
+        seed,
+        blocks: acknowledged,
+    };
+    // Only the acknowledged prefix is promised; the file may be longer.
+    let fresh = cluster.client().await?;
+    let mut intact = true;
+    for index in 0..acknowledged {
+        let got = fresh.read(ino, index * BLOCK_BYTES as u64, BLOCK_BYTES as u32).await;
+        intact &= got.as_deref().ok() == Some(&block(seed, index)[..]);
+    }
+    row.mb_per_s = Some(mb_per_s(acknowledged * BLOCK_BYTES as u64, elapsed));
+    row.seconds = Some(elapsed.as_secs_f64());
+    row.ok = Some(intact && failure.is_none());
+    row.detail = format!(
+        "node {KILLED_DURING_WRITES} killed after {} of {blocks} MiB; {acknowledged} MiB fsynced and {}{}",
+        blocks / 2,
+        if intact { "all intact" } else { "NOT INTACT" },
+        match &failure {
+            Some(error) => format!("; the write failed: {error}"),
+            None => "; writes went on".into(),
+        }
+    );
+    Ok((row, (acknowledged == blocks).then_some(acked)))
+}
+
+/// Fills node 5's disk, then node 6's.
+async fn disk_full(cluster: &mut BenchCluster, blocks: u64, earlier: &[Written]) -> Result<(Vec<Row>, Vec<Written>)> {
+    let mut row = Row::new("write, one node's disk full");
+    let mut enospc = Row::new("write, two nodes' disks full");
+    if !cluster.tmpfs_ok {
+        row.detail = "not run: tmpfs could not be mounted (needs root)".into();
+        enospc.detail = row.detail.clone();
+        return Ok((vec![row, enospc], Vec::new()));
+    }
+    let mut written = Vec::new();
+    let first = TMPFS_NODES[0];
+    let shards_before = cluster.shard_files(first);
+    fill(&cluster.node_data(first))?;
+    let volume = cluster.client().await?;
+    match write_file(&volume, "one-disk-full.bin", 3, blocks).await {
+        Ok((file, elapsed)) => {
+            let new_shards = cluster.shard_files(first).saturating_sub(shards_before);
+            let exact = all_intact(cluster, &[file]).await?;
+            row.mb_per_s = Some(mb_per_s(blocks * BLOCK_BYTES as u64, elapsed));
+            row.seconds = Some(elapsed.as_secs_f64());
+            row.ok = Some(exact && new_shards == 0);
+            row.detail = format!(
+                "no ENOSPC; {new_shards} new shards on the full node {first}, stripes written on the other five \
+                 (degraded: no spare host with 6 nodes); read back {}",
+                if exact { "byte-exact" } else { "WRONG" }
+            );
+            written.push(file);
+        }
+        Err(error) => {
+            row.ok = Some(false);
+            row.detail = format!("the write failed although five nodes had space: {error}");
+        }
+    }
+    fill(&cluster.node_data(TMPFS_NODES[1]))?;
+    let result = write_file(&cluster.client().await?, "two-disks-full.bin", 4, blocks).await;
+    for id in TMPFS_NODES {
+        std::fs::remove_file(cluster.node_data(id).join(FILLER_FILE)).context("remove a filler file")?;
+    }
+    let after = write_file(&cluster.client().await?, "after-disk-full.bin", 5, blocks).await;
+    let mut all: Vec<Written> = earlier.to_vec();
+    all.extend(&written);
+    if let Ok((file, _)) = &after {
+        all.push(*file);
+    }
+    let nothing_lost = all_intact(cluster, &all).await?;
+    enospc.ok = Some(matches!(result, Err(FsError::NoSpace(_))) && after.is_ok() && nothing_lost);
+    enospc.detail = format!(
+        "{} with 4 hosts left (quorum 5); after freeing space writes {}; every earlier file {}",
+        match &result {
+            Err(FsError::NoSpace(_)) => "ENOSPC".to_string(),
+            Err(error) => format!("failed, but not with ENOSPC: {error}"),
+            Ok(_) => "NO ENOSPC (unexpected)".into(),
+        },
+        if after.is_ok() { "go on" } else { "FAIL" },
+        if nothing_lost { "byte-exact" } else { "NOT INTACT" }
+    );
+    if let Ok((file, _)) = after {
+        written.push(file);
+    }
+    Ok((vec![row, enospc], written))
+}
+
+const FILLER_FILE: &str = "filler";
+
+/// Fills the file system of `dir` with one file until ENOSPC.
+fn fill(dir: &Path) -> Result<()> {
+    let mut file = std::fs::File::create(dir.join(FILLER_FILE)).context("create a filler file")?;
+    for size in [4 << 20, 64 << 10, 4 << 10, 512] {
+        let buffer = vec![0xa5u8; size];
+        loop {
+            match file.write_all(&buffer) {
+                Ok(()) => {}
+                Err(error) if error.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(error) => return Err(error).context("fill the disk"),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Cuts node 4 off: it closes every connection unanswered and stops its
+/// heartbeats, through failpoints armed while it runs.
+async fn network_cut(cluster: &mut BenchCluster, blocks: u64, earlier: &[Written]) -> Result<(Row, Vec<Written>)> {
+    let mut row = Row::new("write, one node cut off");
+    let specs = format!(
+        "{}@node-{CUT_OFF}=error\n{}@node-{CUT_OFF}=error\n",
+        fault::RPC_SERVE,
+        fault::NODE_HEARTBEAT
+    );
+    std::fs::write(&cluster.failpoints_file, specs).context("arm the failpoints")?;
+    let started = Instant::now();
+    let seen_down = cluster.wait_nodes(NODES as usize - 1).await;
+    let down_after = started.elapsed();
+    let volume = cluster.client().await?;
+    let outcome = write_file(&volume, "cut-off.bin", 6, blocks).await;
+    let mut written = Vec::new();
+    let mut all: Vec<Written> = earlier.to_vec();
+    if let Ok((file, _)) = &outcome {
+        all.push(*file);
+        written.push(*file);
+    }
+    let nothing_lost = all_intact(cluster, &all).await?;
+    std::fs::write(&cluster.failpoints_file, "").context("disarm the failpoints")?;
+    cluster.wait_nodes(NODES as usize).await?;
+    match outcome {
+        Ok((_, elapsed)) => {
+            row.mb_per_s = Some(mb_per_s(blocks * BLOCK_BYTES as u64, elapsed));
+            row.seconds = Some(elapsed.as_secs_f64());
+            row.ok = Some(seen_down.is_ok() && nothing_lost);
+            row.detail = format!(
+                "node {CUT_OFF} shown down {:.1} s after the cut; writes went on; every file (this one and all \
+                 earlier) {}",
+                down_after.as_secs_f64(),
+                if nothing_lost { "byte-exact" } else { "NOT INTACT" }
+            );
+        }
+        Err(error) => {
+            row.ok = Some(false);
+            row.detail = format!("the write failed: {error}");
+        }
+    }
+    Ok((row, written))
+}
+
+/// Flips a payload byte of every shard of a new file on m nodes, then reads
+/// the file with a fresh client.
+async fn corruption(cluster: &mut BenchCluster, blocks: u64) -> Result<Row> {
+    let mut row = Row::new("corrupt shards on m=2 nodes per stripe");
+    // File times come from a coarse clock that may lag by a tick.
+    let since = SystemTime::now() - Duration::from_millis(50);
+    let (file, _) = write_file(&cluster.client().await?, "corrupted.bin", 7, blocks)
+        .await
+        .context("write the file to corrupt")?;
+    let logged_before: usize = CORRUPTED_NODES.iter().map(|id| cluster.hash_failures_logged(*id)).sum();
+    let mut corrupted = 0usize;
+    for id in CORRUPTED_NODES {
+        for path in cluster.shard_paths(id) {
+            let modified = std::fs::metadata(&path).and_then(|m| m.modified());
+            if modified.map_or(true, |m| m < since) {
+                continue;
+            }
+            let mut bytes = std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
+            let at = sohofs_format::SHARD_HEADER_BYTES + (bytes.len() - sohofs_format::SHARD_HEADER_BYTES) / 2;
+            if at < bytes.len() {
+                bytes[at] ^= 0x40;
+                std::fs::write(&path, &bytes).with_context(|| format!("write {}", path.display()))?;
+                corrupted += 1;
+            }
+        }
+    }
+    let volume = cluster.client().await?;
+    let outcome = read_file(&volume, file).await;
+    // Nodes log each shard that fails its hash when read.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let detected = CORRUPTED_NODES
+        .iter()
+        .map(|id| cluster.hash_failures_logged(*id))
+        .sum::<usize>()
+        - logged_before;
+    match outcome {
+        Ok((exact, elapsed)) => {
+            row.mb_per_s = Some(mb_per_s(blocks * BLOCK_BYTES as u64, elapsed));
+            row.seconds = Some(elapsed.as_secs_f64());
+            row.ok = Some(exact && corrupted > 0 && detected > 0);
+            row.detail = format!(
+                "{corrupted} shards corrupted, {detected} detected by reads (a read fetches a parity shard only \
+                 in place of a bad data shard, so corrupt parity may go unseen); data read {}; repaired: not \
+                 available (scrub is not in this build)",
+                if exact { "byte-exact" } else { "WRONG" }
+            );
+        }
+        Err(error) => {
+            row.ok = Some(false);
+            row.detail = format!("{corrupted} shards corrupted; the read failed: {error}");
+        }
+    }
+    Ok(row)
+}
+
+fn print_table(report: &Report) {
+    println!(
+        "\nfault-injection benchmark: {} nodes, {}+{}, {} MiB, client: {}",
+        report.nodes, report.k, report.m, report.mib, report.client
+    );
+    println!("| # | scenario | MB/s | s | ok | detail |");
+    println!("|---|---|---|---|---|---|");
+    for (index, row) in report.rows.iter().enumerate() {
+        println!(
+            "| {} | {} | {} | {} | {} | {} |",
+            index + 1,
+            row.scenario,
+            row.mb_per_s.map_or("–".into(), |v| format!("{v:.1}")),
+            row.seconds.map_or("–".into(), |v| format!("{v:.1}")),
+            match row.ok {
+                Some(true) => "yes",
+                Some(false) => "NO",
+                None => "–",
+            },
+            row.detail
+        );
+    }
+}
+
+/// One bar per row with a speed, in table order, on a grid of 25 MB/s
+/// steps; green when the row's check passed, red when not. No text: the
+/// table says which bar is which.
+fn draw_chart(rows: &[Row], path: &Path) -> Result<()> {
+    use plotters::prelude::*;
+    const WIDTH: u32 = 900;
+    const HEIGHT: u32 = 400;
+    const MARGIN: i32 = 20;
+    const GRID_MB_PER_S: f64 = 25.0;
+    let top = rows.iter().filter_map(|r| r.mb_per_s).fold(GRID_MB_PER_S, f64::max);
+    let scale = (HEIGHT as i32 - 2 * MARGIN) as f64 / (top * 1.05);
+    let area = BitMapBackend::new(path, (WIDTH, HEIGHT)).into_drawing_area();
+    area.fill(&WHITE).map_err(|e| anyhow::anyhow!("draw: {e}"))?;
+    let base = HEIGHT as i32 - MARGIN;
+    let mut grid = 0.0;
+    while grid <= top * 1.05 {
+        let y = base - (grid * scale) as i32;
+        area.draw(&PathElement::new(
+            vec![(MARGIN, y), (WIDTH as i32 - MARGIN, y)],
+            RGBColor(220, 220, 220),
+        ))
+        .map_err(|e| anyhow::anyhow!("draw: {e}"))?;
+        grid += GRID_MB_PER_S;
+    }
+    let slots = rows.len().max(1) as i32;
+    let slot = (WIDTH as i32 - 2 * MARGIN) / slots;
+    for (index, row) in rows.iter().enumerate() {
+        let Some(value) = row.mb_per_s else { continue };
+        let left = MARGIN + index as i32 * slot + slot / 5;
+        let right = MARGIN + (index as i32 + 1) * slot - slot / 5;
+        let colour = match row.ok {
+            Some(false) => RGBColor(200, 40, 40),
+            _ => RGBColor(40, 140, 70),
+        };
+        area.draw(&Rectangle::new(
+            [(left, base - (value * scale) as i32), (right, base)],
+            colour.filled(),
+        ))
+        .map_err(|e| anyhow::anyhow!("draw: {e}"))?;
+    }
+    area.draw(&PathElement::new(
+        vec![(MARGIN, base), (WIDTH as i32 - MARGIN, base)],
+        BLACK,
+    ))
+    .map_err(|e| anyhow::anyhow!("draw: {e}"))?;
+    area.present()
+        .map_err(|e| anyhow::anyhow!("write {}: {e}", path.display()))?;
+    Ok(())
+}
+
+/// The benchmark's cluster: meta and nodes as child processes of this
+/// binary, as `sohofs up` runs them, so that one node can be killed and
+/// started again.
+struct BenchCluster {
+    dir: PathBuf,
+    config: ClusterConfig,
+    config_path: PathBuf,
+    failpoints_file: PathBuf,
+    meta: Option<Child>,
+    nodes: BTreeMap<u64, Child>,
+    tmpfs: Vec<PathBuf>,
+    tmpfs_ok: bool,
+    /// `--grace-period` of a meta that has one (healing), so that a rebuild
+    /// starts within the benchmark.
+    meta_extra_args: Vec<String>,
+}
+
+impl BenchCluster {
+    fn prepare(dir: &Path, mib: u64) -> Result<BenchCluster> {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        let dir = std::fs::canonicalize(dir)?;
+        let args = UpArgs {
+            nodes: NODES,
+            k: K,
+            m: M,
+            write_quorum: None,
+            dir: dir.clone(),
+            mount: dir.join("unused-mount"),
+            grace_period: None,
+        };
+        let config = up::prepare(&args, &dir)?;
+        let mut cluster = BenchCluster {
+            config_path: dir.join(CONFIG_FILE),
+            failpoints_file: dir.join("failpoints"),
+            dir,
+            config,
+            meta: None,
+            nodes: BTreeMap::new(),
+            tmpfs: Vec::new(),
+            tmpfs_ok: true,
+            meta_extra_args: Vec::new(),
+        };
+        std::fs::write(&cluster.failpoints_file, "")?;
+        // Room for the node's share of everything the benchmark writes
+        // (about 2.5 × mib over 4 data shards) and then some.
+        let tmpfs_bytes = (mib + 64) << 20;
+        for id in TMPFS_NODES {
+            let data = cluster.node_data(id);
+            let mounted = nix::mount::mount(
+                Some("tmpfs"),
+                &data,
+                Some("tmpfs"),
+                nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+                Some(format!("size={tmpfs_bytes},mode=0700").as_str()),
+            );
+            match mounted {
+                Ok(()) => cluster.tmpfs.push(data),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot mount a tmpfs; the disk-full scenario will not run");
+                    cluster.tmpfs_ok = false;
+                }
+            }
+        }
+        Ok(cluster)
+    }
+
+    fn node_dir(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("nodes/{id}"))
+    }
+
+    fn node_data(&self, id: u64) -> PathBuf {
+        self.node_dir(id).join("data")
+    }
+
+    fn spawn(&self, args: &[String], log: &Path) -> Result<Child> {
+        let exe = std::env::current_exe().context("find the sohofs executable")?;
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("open log {}", log.display()))?;
+        let err = out.try_clone()?;
+        let mut command = Command::new(exe);
+        command
+            .args(args)
+            .env(fault::FAILPOINTS_FILE_ENV, &self.failpoints_file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .kill_on_drop(true);
+        // SAFETY: the closure runs in the forked child before exec and only
+        // calls prctl(2), which is async-signal-safe.
+        #[allow(unsafe_code)]
+        unsafe {
+            command.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(std::io::Error::from)
+            });
+        }
+        command.spawn().with_context(|| format!("start {}", args.join(" ")))
+    }
+
+    async fn start(&mut self) -> Result<()> {
+        let help = std::process::Command::new(std::env::current_exe()?)
+            .args(["meta", "serve", "--help"])
+            .output()
+            .context("ask meta for its options")?;
+        if String::from_utf8_lossy(&help.stdout).contains("--grace-period") {
+            self.meta_extra_args = vec!["--grace-period".into(), "5".into()];
+        }
+        let volume = &self.config.volume;
+        let meta_addr = self.config.meta[0].clone();
+        let mut args: Vec<String> = vec![
+            "meta".into(),
+            "serve".into(),
+            "--dir".into(),
+            self.dir.join("meta").display().to_string(),
+            "--listen".into(),
+            meta_addr.clone(),
+            "--k".into(),
+            volume.k.to_string(),
+            "--m".into(),
+            volume.m.to_string(),
+            "--write-quorum".into(),
+            volume.write_quorum.to_string(),
+            "--chunk-bytes".into(),
+            volume.chunk_bytes.to_string(),
+        ];
+        args.extend(self.meta_extra_args.clone());
+        let log = self.dir.join("meta/meta.log");
+        let mut meta = self.spawn(&args, &log)?;
+        up::wait_for_port(&meta_addr, &mut meta, "meta", &log).await?;
+        self.meta = Some(meta);
+        for id in 1..=NODES as u64 {
+            self.start_node(id).await?;
+        }
+        self.wait_nodes(NODES as usize).await
+    }
+
+    async fn start_node(&mut self, id: u64) -> Result<()> {
+        let node = self
+            .config
+            .nodes
+            .iter()
+            .find(|n| n.id == id)
+            .context("no such node")?
+            .clone();
+        let args: Vec<String> = vec![
+            "node".into(),
+            "serve".into(),
+            "--id".into(),
+            id.to_string(),
+            "--dir".into(),
+            self.node_data(id).display().to_string(),
+            "--listen".into(),
+            node.listen.clone(),
+            "--meta".into(),
+            self.config.meta[0].clone(),
+            "--host".into(),
+            node.host.clone(),
+        ];
+        let mut child = self.spawn(&args, &self.node_dir(id).join("node.log"))?;
+        let log = self.node_dir(id).join("node.log");
+        up::wait_for_port(&node.listen, &mut child, &format!("node {id}"), &log).await?;
+        self.nodes.insert(id, child);
+        Ok(())
+    }
+
+    async fn kill_node(&mut self, id: u64) -> Result<()> {
+        let mut child = self.nodes.remove(&id).context("node is not running")?;
+        child.start_kill().context("SIGKILL a node")?;
+        child.wait().await?;
+        Ok(())
+    }
+
+    async fn client(&self) -> Result<Volume> {
+        let volume = crate::mount::connect(&self.config, &self.config_path).await?;
+        volume.refresh_nodes().await?;
+        Ok(volume)
+    }
+
+    /// Waits until meta shows exactly `count` nodes up.
+    async fn wait_nodes(&self, count: usize) -> Result<()> {
+        let volume = self.client().await?;
+        let deadline = Instant::now() + NODE_STATE_TIMEOUT;
+        loop {
+            let up = volume.nodes().await?.iter().filter(|n| n.up).count();
+            if up == count {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{up} nodes up, waited for {count}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn status_json(&self) -> Result<serde_json::Value> {
+        let output = Command::new(std::env::current_exe()?)
+            .args(["status", "--json", "--config"])
+            .arg(&self.config_path)
+            .output()
+            .await
+            .context("run sohofs status")?;
+        if !output.status.success() {
+            bail!("sohofs status failed: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        Ok(serde_json::from_slice(&output.stdout)?)
+    }
+
+    fn shard_paths(&self, id: u64) -> Vec<PathBuf> {
+        let Ok(buckets) = std::fs::read_dir(self.node_data(id).join("shards")) else {
+            return Vec::new();
+        };
+        buckets
+            .flatten()
+            .filter_map(|bucket| std::fs::read_dir(bucket.path()).ok())
+            .flat_map(|files| files.flatten().map(|f| f.path()))
+            .filter(|path| !path.to_string_lossy().ends_with(".tmp"))
+            .collect()
+    }
+
+    fn shard_files(&self, id: u64) -> usize {
+        self.shard_paths(id).len()
+    }
+
+    /// Shards the node has reported failing their hash, from its log.
+    fn hash_failures_logged(&self, id: u64) -> usize {
+        std::fs::read_to_string(self.node_dir(id).join("node.log"))
+            .map(|log| log.lines().filter(|l| l.contains("fails its hash")).count())
+            .unwrap_or(0)
+    }
+
+    async fn stop(&mut self) {
+        let mut children: Vec<Child> = std::mem::take(&mut self.nodes).into_values().collect();
+        children.extend(self.meta.take());
+        for child in &children {
+            if let Some(pid) = child.id() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+        }
+        for mut child in children {
+            if tokio::time::timeout(Duration::from_secs(10), child.wait())
+                .await
+                .is_err()
+            {
+                let _ = child.kill().await;
+            }
+        }
+        for path in self.tmpfs.drain(..) {
+            if let Err(error) = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH) {
+                tracing::warn!(%error, path = %path.display(), "cannot unmount a tmpfs");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_chart_is_a_png_also_with_rows_that_did_not_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(CHART_FILE);
+        let mut rows = vec![Row::new("healthy"), Row::new("not run"), Row::new("failed")];
+        rows[0].mb_per_s = Some(120.0);
+        rows[0].ok = Some(true);
+        rows[2].mb_per_s = Some(30.0);
+        rows[2].ok = Some(false);
+        draw_chart(&rows, &path).unwrap();
+        let png = std::fs::read(&path).unwrap();
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    }
+
+    #[test]
+    fn blocks_are_deterministic_and_differ() {
+        assert_eq!(block(1, 0), block(1, 0));
+        assert_ne!(block(1, 0), block(1, 1));
+        assert_ne!(block(1, 0), block(2, 0));
+        assert_eq!(block(1, 0).len(), BLOCK_BYTES);
+    }
+}
