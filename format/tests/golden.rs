@@ -21,8 +21,8 @@ use std::path::PathBuf;
 
 use sohofs_format::frame::{decode_body, encode_body, FrameKind};
 use sohofs_format::messages::{
-    ChunkOp, ChunkWrite, DirEntry, ErrorKind, ListedShard, Member, MetaRequest, MetaResponse, NewInode, NodeRequest, NodeResponse,
-    NodeStatus, RebuildStatus, ScrubReport, SetAttr, ShardRef, TimeSet, VolumeStatus,
+    ChunkOp, ChunkWrite, DirEntry, ErrorKind, ListedShard, Member, MetaRequest, MetaResponse, NewInode, NodeRequest,
+    NodeResponse, NodeStatus, RebuildStatus, ScrubReport, SetAttr, ShardRef, TimeSet, VolumeStatus,
 };
 use sohofs_format::{
     ChunkRecord, DecodeError, Dentry, Extent, FileKind, FrameHeader, GcRecord, Inode, NodeRecord, Piece, PieceBody,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sohofs_format::frame::{decode_body, encode_body};
-use sohofs_format::messages::{MetaRequest, NodeRequest, NodeResponse, ShardRef};
+use sohofs_format::messages::{ListedShard, MetaRequest, NodeRequest, NodeResponse, ShardRef, SHARDS_LISTED_MAX};
 use sohofs_format::{NodeId, NodeRecord};
 
 use crate::error::{FsError, FsResult};
@@ -92,6 +92,25 @@ impl NodeHandler {
                         },
                         Bytes::new(),
                     ))
+                }
+                NodeRequest::ListShards { after, limit } => {
+                    // Sorted so that pages follow each other; a page costs a
+                    // listing of the whole store (cheap next to a sweep's
+                    // scan of every chunk record at meta).
+                    let mut aged = store.list_aged()?;
+                    aged.sort_by_key(|(key, _)| (key.piece_id, key.shard_index));
+                    let limit = limit.clamp(1, SHARDS_LISTED_MAX) as usize;
+                    let page = aged
+                        .into_iter()
+                        .filter(|(key, _)| after.is_none_or(|after| (key.piece_id, key.shard_index) > after))
+                        .take(limit)
+                        .map(|(key, age)| ListedShard {
+                            piece_id: key.piece_id,
+                            shard_index: key.shard_index,
+                            age_s: age.as_secs(),
+                        })
+                        .collect();
+                    Ok((NodeResponse::Shards(page), Bytes::new()))
                 }
                 NodeRequest::Scrub { bytes_per_s } => {
                     let rate = if bytes_per_s == 0 {

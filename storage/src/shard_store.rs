@@ -43,6 +43,17 @@ pub trait ShardStore: Send + Sync + 'static {
     fn stat(&self) -> FsResult<StoreStat>;
     /// Every shard held, in no particular order (for scrub).
     fn list(&self) -> FsResult<Vec<ShardKey>>;
+    /// Every shard held with the time since it was written (for the orphan
+    /// collector, which keeps young shards: a write in flight). A store
+    /// that cannot tell reports every shard as just written, so that
+    /// nothing of it is ever collected as an orphan.
+    fn list_aged(&self) -> FsResult<Vec<(ShardKey, std::time::Duration)>> {
+        Ok(self
+            .list()?
+            .into_iter()
+            .map(|key| (key, std::time::Duration::ZERO))
+            .collect())
+    }
 }
 
 /// What one scrub of a store found.
@@ -238,6 +249,21 @@ impl ShardStore for DiskShardStore {
             }
         }
         Ok(keys)
+    }
+
+    fn list_aged(&self) -> FsResult<Vec<(ShardKey, std::time::Duration)>> {
+        let now = std::time::SystemTime::now();
+        let mut out = Vec::new();
+        for key in self.list()? {
+            let path = self.path_of(key);
+            match fs::metadata(&path).and_then(|m| m.modified()) {
+                // A clock set back makes a shard look new: kept, never lost.
+                Ok(modified) => out.push((key, now.duration_since(modified).unwrap_or_default())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_error("stat shard", &path, e)),
+            }
+        }
+        Ok(out)
     }
 
     fn stat(&self) -> FsResult<StoreStat> {

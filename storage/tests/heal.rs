@@ -57,6 +57,7 @@ async fn a_scheduled_scrub_finds_a_flipped_byte_and_meta_rewrites_the_shard() {
             .with_heal(HealSettings {
                 grace_period: Duration::from_secs(600),
                 rebuild_bytes_per_s: 0,
+                ..HealSettings::default()
             }),
     );
     let meta_addr = free_addr();

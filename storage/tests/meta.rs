@@ -1183,6 +1183,7 @@ fn grace_period_separates_down_from_lost(backend: Backend) {
     let meta = store.open(Duration::from_millis(200)).with_heal(HealSettings {
         grace_period: grace,
         rebuild_bytes_per_s: 1,
+        ..HealSettings::default()
     });
     let node = |id: NodeId| NodeRecord {
         id,
@@ -1221,6 +1222,7 @@ fn grace_period_separates_down_from_lost(backend: Backend) {
     let meta = store.open(Duration::from_millis(200)).with_heal(HealSettings {
         grace_period: grace,
         rebuild_bytes_per_s: 1,
+        ..HealSettings::default()
     });
     assert_eq!(state(&meta), vec![(1, false, false), (2, false, false)]);
 }
