@@ -8,6 +8,7 @@ mod config;
 mod debug;
 mod mount;
 mod nfs;
+mod node;
 mod scrub;
 mod services;
 mod status;
@@ -75,10 +76,10 @@ enum Command {
         #[command(subcommand)]
         verb: services::MetaVerb,
     },
-    /// A storage node.
+    /// Storage nodes: serve one, or add, drain, remove and list them.
     Node {
         #[command(subcommand)]
-        verb: services::NodeVerb,
+        verb: node::NodeVerb,
     },
 }
 
@@ -129,7 +130,7 @@ fn main() {
             Command::Scrub { config, now, json } => scrub::run(&config, now, json).await,
             Command::Debug { verb } => debug::run(verb).await,
             Command::Meta { verb } => services::meta(verb).await,
-            Command::Node { verb } => services::node(verb).await,
+            Command::Node { verb } => node::run(verb).await,
         }
     });
     // Background tasks (node refresh, read-ahead) must not hold the exit.
