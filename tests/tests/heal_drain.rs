@@ -1,7 +1,9 @@
 //! Draining a node under load: `sohofs node drain 3` while a writer keeps
 //! writing and reading files; every file reads back byte-exact, node 3 ends
 //! with no shard (on disk and in `debug stripes`), and `node remove 3` then
-//! succeeds. Removing a node that was not drained is refused.
+//! succeeds. Removing a node that was not drained is refused. And the other
+//! way: `sohofs node add` on a six-node cluster starts a seventh node, and
+//! rebalancing moves shards to it until the counts are even.
 //!
 //! Seven nodes, not six: with 4+2 stripes and one shard per host, a shard
 //! leaving node 3 needs a seventh host that holds no shard of its stripe.
@@ -31,6 +33,8 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// passes 2 s apart, while the writer competes for two cores.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
 const VERB_TIMEOUT: Duration = Duration::from_secs(60);
+/// Moving a seventh of the shards to a new node, in passes 2 s apart.
+const REBALANCE_TIMEOUT: Duration = Duration::from_secs(180);
 /// The writer writes at least this many files while the drain runs.
 const LIVE_FILES_MIN: usize = 5;
 
@@ -153,6 +157,69 @@ fn a_node_drained_under_load_ends_empty_and_leaves_the_cluster() {
         "after draining and removing node 3",
     );
     client.stop();
+}
+
+#[test]
+fn a_node_added_gets_its_share_by_rebalancing_and_stays_after_a_restart() {
+    let mut cluster = Cluster::start(ClusterOptions { nodes: 6, k: 4, m: 2 });
+    let source = cluster.scratch_dir("source");
+    write_files(&source, &mut StdRng::seed_from_u64(rand::random()));
+    let mut copy = Command::new("cp");
+    copy.arg("-a").arg(source.join(".")).arg(cluster.mount_dir());
+    run_ok(copy, cluster.tag(), COPY_TIMEOUT);
+
+    let added = cluster.run_verb(&["node", "add"], VERB_TIMEOUT);
+    let added_out = String::from_utf8_lossy(&added.stdout);
+    assert!(
+        added.status.success(),
+        "node add: {added_out}{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    assert!(added_out.contains("node 7 is up"), "{added_out}");
+    let counts = wait_until("shard counts even, node 7 included", REBALANCE_TIMEOUT, || {
+        let list = json_of(&cluster, &["node", "list", "--json"])?;
+        let counts: BTreeMap<u64, u64> = list
+            .as_array()
+            .ok_or("a list")?
+            .iter()
+            .map(|n| {
+                (
+                    n["id"].as_u64().unwrap_or(0),
+                    n["shards_referenced"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect();
+        let (min, max) = (counts.values().min().copied(), counts.values().max().copied());
+        match (counts.len(), min, max) {
+            (7, Some(min), Some(max)) if min > 0 && max - min <= 1 => Ok(counts),
+            _ => Err(format!("shards per node: {counts:?}")),
+        }
+    });
+    eprintln!("heal_drain: shards per node after rebalancing: {counts:?}");
+    for shards in stripes(&cluster).values() {
+        assert_whole_on_distinct_hosts(shards);
+    }
+    let client = cluster.mount_client();
+    let client_dir = client.mount_dir().to_path_buf();
+    let actual = bounded("hash the tree through a fresh client", HASH_TIMEOUT, move || {
+        hash_tree(&client_dir)
+    })
+    .expect("read every file through a fresh client");
+    assert_trees_equal(&hash_tree(&source).unwrap(), &actual, "after rebalancing onto node 7");
+    client.stop();
+
+    // `up` keeps the added node: it waits for all seven at its next start.
+    cluster.stop();
+    cluster.start_again();
+    let list = json_of(&cluster, &["node", "list", "--json"]).unwrap();
+    let up: Vec<u64> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["up"] == true)
+        .filter_map(|n| n["id"].as_u64())
+        .collect();
+    assert_eq!(up, (1..=7).collect::<Vec<u64>>(), "{list}");
 }
 
 /// Writes files into `live_dir` (keeping a copy in `source`) and reads each
