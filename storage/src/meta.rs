@@ -1106,7 +1106,15 @@ impl Meta {
     pub fn members(&self) -> FsResult<Vec<Member>> {
         let (referenced, queued) = self.shard_references()?;
         let health: HashMap<NodeId, NodeHealth> = self.node_health()?.into_iter().map(|(n, _)| (n.id, n)).collect();
-        let count = |set: &HashSet<ShardRef>, id: NodeId| set.iter().filter(|s| s.node == id).count() as u64;
+        let per_node = |set: &HashSet<ShardRef>| {
+            let mut counts: HashMap<NodeId, u64> = HashMap::new();
+            for shard in set {
+                *counts.entry(shard.node).or_default() += 1;
+            }
+            counts
+        };
+        let (referenced, queued) = (per_node(&referenced), per_node(&queued));
+        let count = |counts: &HashMap<NodeId, u64>, id: NodeId| counts.get(&id).copied().unwrap_or(0);
         Ok(self
             .nodes()?
             .into_iter()
@@ -1245,7 +1253,10 @@ impl Meta {
                 txn.batch.put(key, record.encode());
                 for mv in moves {
                     if let Some(from) = mv.from.filter(|from| *from != mv.to) {
-                        queue(&mut txn, from, mv.shard_index)?;
+                        // A removed node's disk has left the cluster: nothing to delete there.
+                        if self.kv.get(&keys::removed(from))?.is_none() {
+                            queue(&mut txn, from, mv.shard_index)?;
+                        }
                     }
                 }
             }

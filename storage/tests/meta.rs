@@ -1287,6 +1287,22 @@ fn remove_node_waits_for_the_drain(backend: Backend) {
     assert!(member(&meta, 3).is_none());
     // Node 4 was never drained and holds a shard: refused.
     assert_eq!(meta.remove_node(4), Err(FsError::NotEmpty));
+    // A write that chose node 3 before it was removed commits late: healing
+    // rebuilds that shard elsewhere and queues no deletion on the gone node.
+    let g = file(&meta, ROOT_INO, "g");
+    commit(
+        &meta,
+        g.ino,
+        vec![replace(0, striped(2, 0, CHUNK_BYTES, &ALL_NODES))],
+        65536,
+    );
+    let rebuilt = [ShardMove {
+        shard_index: 2,
+        from: Some(3),
+        to: 7,
+    }];
+    assert!(meta.commit_repair(g.ino, 0, 2, &rebuilt).unwrap());
+    assert!(queued(&meta, 2).is_empty());
 }
 
 macro_rules! both_stores {
