@@ -190,8 +190,11 @@ fn a_node_added_gets_its_share_by_rebalancing_and_stays_after_a_restart() {
             })
             .collect();
         let (min, max) = (counts.values().min().copied(), counts.values().max().copied());
+        // Even enough: within one shard, or 5 % of the mean if more (the
+        // planner's slack, so that a busy cluster does not move data all day).
+        let slack = (counts.values().sum::<u64>() / 7 * 5 / 100).max(1);
         match (counts.len(), min, max) {
-            (7, Some(min), Some(max)) if min > 0 && max - min <= 1 => Ok(counts),
+            (7, Some(min), Some(max)) if min > 0 && max - min <= slack => Ok(counts),
             _ => Err(format!("shards per node: {counts:?}")),
         }
     });
