@@ -276,6 +276,65 @@ impl Healer {
     /// Rebuilds the shards of one command; returns the moves committed
     /// (none if the chunk changed meanwhile).
     async fn execute(&self, command: &RepairCommand, addrs: &HashMap<NodeId, String>) -> FsResult<Vec<ShardMove>> {
+        // A drain or rebalancing move copies a readable shard: one read
+        // instead of k and a decode. Anything else, or a copy that fails,
+        // rebuilds from k sources.
+        let is_copy = |mv: &ShardMove| {
+            mv.from
+                .is_some_and(|from| from != mv.to && command.sources.contains(&(mv.shard_index, from)))
+        };
+        if command.moves.iter().all(is_copy) {
+            match self.copy(command, addrs).await {
+                Ok(done) => return Ok(done),
+                Err(error) => tracing::debug!(%error, "shard copy failed; rebuilding it from the stripe"),
+            }
+        }
+        self.rebuild(command, addrs).await
+    }
+
+    /// Copies each moved shard from its node to its target, checked against
+    /// the record's hash, then commits the moves.
+    async fn copy(&self, command: &RepairCommand, addrs: &HashMap<NodeId, String>) -> FsResult<Vec<ShardMove>> {
+        let piece_id = command.piece_id;
+        let mut payloads = Vec::with_capacity(command.moves.len());
+        for mv in &command.moves {
+            let from = mv.from.expect("a copy has a source node");
+            let key = ShardKey {
+                piece_id,
+                shard_index: mv.shard_index,
+            };
+            let payload = self.client(from, addrs)?.get_shard(key).await?;
+            let hash = command.hashes[mv.shard_index as usize];
+            let checked = {
+                let payload = payload.clone();
+                blocking(move || Ok(*blake3::hash(&payload).as_bytes() == hash)).await?
+            };
+            if !checked {
+                self.meta.add_suspects(&[ShardRef {
+                    node: from,
+                    piece_id,
+                    shard_index: mv.shard_index,
+                }]);
+                return Err(FsError::Corrupt("a shard to move does not match its record".into()));
+            }
+            payloads.push(payload);
+        }
+        let done = self
+            .place_and_commit(command, addrs, |index| {
+                let position = command
+                    .moves
+                    .iter()
+                    .position(|mv| mv.shard_index == index)
+                    .expect("every move has its payload");
+                &payloads[position]
+            })
+            .await?;
+        tracing::debug!(piece = %format!("{piece_id:032x}"), moved = done.len(), "shards copied");
+        Ok(done)
+    }
+
+    /// Rebuilds the moved shards from k sources, then places and commits them.
+    async fn rebuild(&self, command: &RepairCommand, addrs: &HashMap<NodeId, String>) -> FsResult<Vec<ShardMove>> {
         let k = command.data_shards as usize;
         let width = k + command.parity_shards as usize;
         let piece_id = command.piece_id;
@@ -370,9 +429,23 @@ impl Healer {
                 return Err(FsError::Corrupt("a source shard does not match its record".into()));
             }
         };
+        self.place_and_commit(command, addrs, |index| &rebuilt[index as usize])
+            .await
+    }
+
+    /// Puts each moved shard (`payload_of(index)`) on its target, then
+    /// commits the moves that landed; returns them (none if the chunk
+    /// changed meanwhile).
+    async fn place_and_commit<'p>(
+        &self,
+        command: &RepairCommand,
+        addrs: &HashMap<NodeId, String>,
+        payload_of: impl Fn(u8) -> &'p [u8],
+    ) -> FsResult<Vec<ShardMove>> {
+        let piece_id = command.piece_id;
         let puts = command.moves.iter().map(|mv| {
             let client = self.client(mv.to, addrs);
-            let payload = &rebuilt[mv.shard_index as usize];
+            let payload = payload_of(mv.shard_index);
             let hash = command.hashes[mv.shard_index as usize];
             async move {
                 let key = ShardKey {
