@@ -221,6 +221,12 @@ async fn drain(config_path: &Path, id: u64, no_wait: bool) -> Result<()> {
         if left < last_left {
             last_left = left;
             last_progress = Instant::now();
+        } else if !warned && last_progress.elapsed() > DRAIN_STALL_WARNING && !member.up {
+            warned = true;
+            bar.println(format!(
+                "sohofs: node {id} is down: its shards move once it is back, or are rebuilt elsewhere \
+                 once it has been silent for the grace period"
+            ));
         } else if !warned && last_progress.elapsed() > DRAIN_STALL_WARNING {
             warned = true;
             bar.println(format!(
@@ -241,6 +247,10 @@ async fn remove(config_path: &Path, id: u64) -> Result<()> {
     match meta.call(&MetaRequest::RemoveNode { node: id }).await {
         Ok(_) => {}
         Err(FsError::NotFound) => bail!("no node {id} in the cluster (see `sohofs node list`)"),
+        Err(FsError::Invalid(_)) => bail!(
+            "node {id} is active; drain it first (`sohofs node drain {id}`), even if it holds no \
+             shard, so that no write is placing one on it while it goes"
+        ),
         Err(FsError::NotEmpty) => {
             let held = members(&meta, &config)
                 .await

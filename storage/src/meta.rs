@@ -1134,14 +1134,20 @@ impl Meta {
     }
 
     /// Takes a node out of the registry for good: refused with
-    /// [`FsError::NotEmpty`] while any chunk record places a shard on it
-    /// (drain it first, or wait for the rebuild of a lost node). Its queued
-    /// deletions are dropped (its disk leaves the cluster) and its id is
-    /// retired, so its heartbeats are refused from now on.
+    /// [`FsError::Invalid`] unless it is draining or lost (an active node
+    /// may be taking a write's shard right now, even when it holds none),
+    /// and with [`FsError::NotEmpty`] while any chunk record places a shard
+    /// on it (wait for the drain, or for the rebuild of a lost node). Its
+    /// queued deletions are dropped (its disk leaves the cluster) and its
+    /// id is retired, so its heartbeats are refused from now on.
     pub fn remove_node(&self, node: NodeId) -> FsResult<()> {
+        let health = self.node_health()?;
         let _guard = self.lock();
-        if self.kv.get(&keys::node(node))?.is_none() {
+        let Some((state, _)) = health.iter().find(|(n, _)| n.id == node) else {
             return Err(FsError::NotFound);
+        };
+        if !state.draining && !state.lost {
+            return Err(FsError::Invalid("an active node is drained before it is removed"));
         }
         // Under the namespace lock no commit can add a reference meanwhile.
         for (_, value) in self.scan_all(keys::CHUNK_PREFIX)? {

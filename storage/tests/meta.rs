@@ -1246,6 +1246,9 @@ fn remove_node_waits_for_the_drain(backend: Backend) {
     }
     assert_eq!(meta.drain(9), Err(FsError::NotFound));
     assert_eq!(meta.remove_node(9), Err(FsError::NotFound));
+    // Node 5 holds nothing yet, but an active node may be taking a write's
+    // shard right now: it is drained first.
+    assert!(matches!(meta.remove_node(5), Err(FsError::Invalid(_))));
     let f = file(&meta, ROOT_INO, "f");
     commit(
         &meta,
@@ -1285,7 +1288,9 @@ fn remove_node_waits_for_the_drain(backend: Backend) {
     assert!(queued(&meta, 1).is_empty(), "the removed node's deletions are dropped");
     assert!(meta.heartbeat(&node(3)).is_err(), "a removed node does not come back");
     assert!(member(&meta, 3).is_none());
-    // Node 4 was never drained and holds a shard: refused.
+    // Node 4 was never drained: refused; drained but still named: refused.
+    assert!(matches!(meta.remove_node(4), Err(FsError::Invalid(_))));
+    meta.drain(4).unwrap();
     assert_eq!(meta.remove_node(4), Err(FsError::NotEmpty));
     // A write that chose node 3 before it was removed commits late: healing
     // rebuilds that shard elsewhere and queues no deletion on the gone node.

@@ -66,14 +66,12 @@ fn a_node_drained_under_load_ends_empty_and_leaves_the_cluster() {
     );
     assert!(shard_files(&cluster, DRAINED) > 10);
 
-    // A node that still holds shards is not removed.
+    // A node that was not drained (and holds shards) is not removed.
     let refused = cluster.run_verb(&["node", "remove", "5"], VERB_TIMEOUT);
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success(), "node remove of a full node succeeded");
-    assert!(
-        stderr.contains("still holds") && stderr.contains("drain"),
-        "the refusal says why: {stderr}"
-    );
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("drain it first"), "the refusal says why: {stderr}");
     assert!(member(&cluster, 5).is_some(), "node 5 is still registered");
 
     // The writer: new files, each read back at once, until told to stop.
