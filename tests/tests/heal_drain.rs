@@ -104,6 +104,12 @@ fn a_node_drained_under_load_ends_empty_and_leaves_the_cluster() {
         "only {written} files written during the drain"
     );
 
+    let status = json_of(&cluster, &["status", "--json"]).unwrap();
+    let in_status = status["nodes"]
+        .as_array()
+        .and_then(|nodes| nodes.iter().find(|n| n["id"] == DRAINED))
+        .expect("node 3 in status");
+    assert_eq!(in_status["draining"], true, "{in_status}");
     let drained = member(&cluster, DRAINED).expect("node 3 is listed until removed");
     assert_eq!(drained["state"], "drained", "{drained}");
     assert_eq!(drained["shards_referenced"], 0, "{drained}");
