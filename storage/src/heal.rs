@@ -44,6 +44,9 @@ pub const REBUILD_BYTES_PER_S_DEFAULT: u64 = 32 * 1024 * 1024;
 pub const HEAL_INTERVAL: Duration = Duration::from_secs(2);
 /// How long meta waits for one node's scrub.
 pub const SCRUB_CALL_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// How long meta waits for one page of a node's shard listing (a listing
+/// reads the node's whole shard folder).
+pub const SHARD_LIST_CALL_TIMEOUT: Duration = Duration::from_secs(300);
 /// Repair passes a scrub runs at most before it answers.
 pub const SCRUB_REPAIR_PASSES_MAX: usize = 10;
 /// A shard that nothing names is collected only once it is this old: a
@@ -139,10 +142,9 @@ impl Healer {
     pub async fn collect_orphans(&self, safety_window: Duration) -> FsResult<u64> {
         let meta = self.meta.clone();
         let health = blocking(move || meta.node_health()).await?;
-        let addrs: HashMap<NodeId, String> = health.iter().map(|(n, addr)| (n.id, addr.clone())).collect();
         let mut listings = Vec::new();
-        for (node, _) in health.iter().filter(|(n, _)| n.reachable) {
-            let client = self.client(node.id, &addrs)?;
+        for (node, addr) in health.iter().filter(|(n, _)| n.reachable) {
+            let client = NodeClient::with_call_timeout(addr.clone(), self.transport.clone(), SHARD_LIST_CALL_TIMEOUT);
             match client.list_all_shards().await {
                 Ok(listed) => listings.push((node.id, listed)),
                 Err(error) => tracing::debug!(node = node.id, %error, "cannot list shards; swept next time"),

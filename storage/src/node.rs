@@ -94,22 +94,28 @@ impl NodeHandler {
                     ))
                 }
                 NodeRequest::ListShards { after, limit } => {
-                    // Sorted so that pages follow each other; a page costs a
-                    // listing of the whole store (cheap next to a sweep's
-                    // scan of every chunk record at meta).
-                    let mut aged = store.list_aged()?;
-                    aged.sort_by_key(|(key, _)| (key.piece_id, key.shard_index));
+                    // Sorted so that pages follow each other. A page costs a
+                    // listing of the store's folders, and a stat of the
+                    // shards it returns.
+                    let mut keys = store.list()?;
+                    keys.sort();
                     let limit = limit.clamp(1, SHARDS_LISTED_MAX) as usize;
-                    let page = aged
+                    let mut page = Vec::with_capacity(limit);
+                    for key in keys
                         .into_iter()
-                        .filter(|(key, _)| after.is_none_or(|after| (key.piece_id, key.shard_index) > after))
-                        .take(limit)
-                        .map(|(key, age)| ListedShard {
-                            piece_id: key.piece_id,
-                            shard_index: key.shard_index,
-                            age_s: age.as_secs(),
-                        })
-                        .collect();
+                        .filter(|key| after.is_none_or(|after| (key.piece_id, key.shard_index) > after))
+                    {
+                        if page.len() == limit {
+                            break;
+                        }
+                        if let Some(age) = store.age(key)? {
+                            page.push(ListedShard {
+                                piece_id: key.piece_id,
+                                shard_index: key.shard_index,
+                                age_s: age.as_secs(),
+                            });
+                        }
+                    }
                     Ok((NodeResponse::Shards(page), Bytes::new()))
                 }
                 NodeRequest::Scrub { bytes_per_s } => {

@@ -43,16 +43,13 @@ pub trait ShardStore: Send + Sync + 'static {
     fn stat(&self) -> FsResult<StoreStat>;
     /// Every shard held, in no particular order (for scrub).
     fn list(&self) -> FsResult<Vec<ShardKey>>;
-    /// Every shard held with the time since it was written (for the orphan
-    /// collector, which keeps young shards: a write in flight). A store
-    /// that cannot tell reports every shard as just written, so that
-    /// nothing of it is ever collected as an orphan.
-    fn list_aged(&self) -> FsResult<Vec<(ShardKey, std::time::Duration)>> {
-        Ok(self
-            .list()?
-            .into_iter()
-            .map(|key| (key, std::time::Duration::ZERO))
-            .collect())
+    /// The time since shard `key` was written (for the orphan collector,
+    /// which keeps young shards: a write in flight); `None` if it is gone.
+    /// A store that cannot tell reports every shard as just written, so
+    /// that nothing of it is ever collected as an orphan.
+    fn age(&self, key: ShardKey) -> FsResult<Option<std::time::Duration>> {
+        let _ = key;
+        Ok(Some(std::time::Duration::ZERO))
     }
 }
 
@@ -251,19 +248,18 @@ impl ShardStore for DiskShardStore {
         Ok(keys)
     }
 
-    fn list_aged(&self) -> FsResult<Vec<(ShardKey, std::time::Duration)>> {
-        let now = std::time::SystemTime::now();
-        let mut out = Vec::new();
-        for key in self.list()? {
-            let path = self.path_of(key);
-            match fs::metadata(&path).and_then(|m| m.modified()) {
-                // A clock set back makes a shard look new: kept, never lost.
-                Ok(modified) => out.push((key, now.duration_since(modified).unwrap_or_default())),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_error("stat shard", &path, e)),
-            }
+    fn age(&self, key: ShardKey) -> FsResult<Option<std::time::Duration>> {
+        let path = self.path_of(key);
+        match fs::metadata(&path).and_then(|m| m.modified()) {
+            // A clock set back makes a shard look new: kept, never lost.
+            Ok(modified) => Ok(Some(
+                std::time::SystemTime::now()
+                    .duration_since(modified)
+                    .unwrap_or_default(),
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_error("stat shard", &path, e)),
         }
-        Ok(out)
     }
 
     fn stat(&self) -> FsResult<StoreStat> {
@@ -370,8 +366,15 @@ pub(crate) fn conformance(store: &dyn ShardStore) {
     let mut listed = store.list().unwrap();
     listed.sort();
     assert_eq!(listed, vec![key, other]);
+    // Just written: young (a store that cannot tell says zero).
+    let age = store.age(key).unwrap().expect("a stored shard has an age");
+    assert!(age < std::time::Duration::from_secs(60), "{age:?}");
     store.delete(key).unwrap();
     store.delete(key).unwrap();
+    if store.age(key).unwrap().is_some() {
+        // Only the default (no ages kept) may answer for a missing shard.
+        assert_eq!(store.age(key).unwrap(), Some(std::time::Duration::ZERO));
+    }
     assert_eq!(store.get(key), Err(FsError::NotFound));
     assert_eq!(store.stat().unwrap().shards, 1);
     let outcome = scrub(store, 0).unwrap();
