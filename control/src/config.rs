@@ -20,6 +20,10 @@ pub struct ClusterConfig {
     pub volume: VolumeSection,
     #[serde(default)]
     pub nodes: Vec<NodeSection>,
+    /// Ids of nodes taken out with `sohofs node remove`: `up` starts them no
+    /// more and `node add` never gives their ids again.
+    #[serde(default)]
+    pub removed_nodes: Vec<u64>,
     /// Healing: grace period, rebuild bandwidth, scrub schedule. A config
     /// written before healing existed gets the defaults.
     #[serde(default)]
@@ -41,6 +45,10 @@ pub struct HealSection {
     pub scrub_interval_s: u64,
     /// Shard bytes a scheduled scrub reads per second at most (0: no limit).
     pub scrub_bytes_per_s: u64,
+    /// A shard that no record names is collected only when older than this.
+    pub orphan_safety_window_s: u64,
+    /// Meta looks for orphan shards this often (0: never).
+    pub orphan_sweep_interval_s: u64,
 }
 
 impl Default for HealSection {
@@ -50,6 +58,8 @@ impl Default for HealSection {
             rebuild_bytes_per_s: sohofs_storage::heal::REBUILD_BYTES_PER_S_DEFAULT,
             scrub_interval_s: sohofs_storage::node::SCRUB_INTERVAL_DEFAULT.as_secs(),
             scrub_bytes_per_s: sohofs_storage::node::SCRUB_BYTES_PER_S_DEFAULT,
+            orphan_safety_window_s: sohofs_storage::heal::ORPHAN_SAFETY_WINDOW_DEFAULT.as_secs(),
+            orphan_sweep_interval_s: sohofs_storage::heal::ORPHAN_SWEEP_INTERVAL_DEFAULT.as_secs(),
         }
     }
 }
@@ -159,6 +169,7 @@ mod tests {
                 dir: "nodes/1".into(),
                 host: "local-1".into(),
             }],
+            removed_nodes: vec![7],
             heal: HealSection {
                 grace_period_s: 3,
                 ..HealSection::default()

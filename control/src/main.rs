@@ -10,6 +10,7 @@ mod debug;
 mod keyring;
 mod mount;
 mod nfs;
+mod node;
 mod scrub;
 mod services;
 mod status;
@@ -82,10 +83,10 @@ enum Command {
         #[command(subcommand)]
         verb: services::MetaVerb,
     },
-    /// A storage node.
+    /// Storage nodes: serve one, or add, drain, remove and list them.
     Node {
         #[command(subcommand)]
-        verb: services::NodeVerb,
+        verb: node::NodeVerb,
     },
     /// Benchmarks that start their own cluster.
     Bench {
@@ -129,8 +130,8 @@ fn main() {
     // acts only in node 3 (see sohofs_storage::fault).
     let scope = match &cli.command {
         Command::Node {
-            verb: services::NodeVerb::Serve { id, .. },
-        } => format!("node-{id}"),
+            verb: node::NodeVerb::Serve(args),
+        } => format!("node-{}", args.id),
         Command::Meta { .. } => "meta".to_string(),
         _ => "client".to_string(),
     };
@@ -156,7 +157,7 @@ fn main() {
             Command::Debug { verb } => debug::run(verb).await,
             Command::Keyring { verb } => keyring::run(verb).await,
             Command::Meta { verb } => services::meta(verb).await,
-            Command::Node { verb } => services::node(verb).await,
+            Command::Node { verb } => node::run(verb).await,
             Command::Bench { verb } => bench::run(verb).await,
         }
     });

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use sohofs_storage::heal::{self, HealSettings};
 use sohofs_storage::kv::RocksKv;
 use sohofs_storage::meta::{self, Meta, VolumeParams};
@@ -41,37 +41,42 @@ pub enum MetaVerb {
         /// Seconds a node may be silent before its shards are rebuilt elsewhere.
         #[arg(long, value_name = "SECS", default_value_t = heal::GRACE_PERIOD_DEFAULT.as_secs())]
         grace_period: u64,
-        /// Shard bytes rebuilt per second at most.
+        /// Shard bytes rebuilt (or moved by drains and rebalancing) per second at most.
         #[arg(long, default_value_t = heal::REBUILD_BYTES_PER_S_DEFAULT)]
         rebuild_bytes_per_s: u64,
+        /// Seconds a shard that no record names must be old before it is collected.
+        #[arg(long, value_name = "SECS", default_value_t = heal::ORPHAN_SAFETY_WINDOW_DEFAULT.as_secs())]
+        orphan_safety_window: u64,
+        /// Seconds between sweeps for orphan shards (0: never).
+        #[arg(long, value_name = "SECS", default_value_t = heal::ORPHAN_SWEEP_INTERVAL_DEFAULT.as_secs())]
+        orphan_sweep_interval: u64,
     },
 }
 
-#[derive(Subcommand)]
-pub enum NodeVerb {
-    /// Serve shards stored under DIR.
-    Serve {
-        /// Node id, unique in the cluster.
-        #[arg(long)]
-        id: u64,
-        /// The donated folder.
-        #[arg(long)]
-        dir: PathBuf,
-        #[arg(long, default_value = "127.0.0.1:7701")]
-        listen: String,
-        /// Meta service address (repeat for several).
-        #[arg(long, required = true)]
-        meta: Vec<String>,
-        /// Failure domain name (the machine); defaults to this host's name.
-        #[arg(long)]
-        host: Option<String>,
-        /// Seconds between scrubs of every shard (0: only on `sohofs scrub`).
-        #[arg(long, value_name = "SECS", default_value_t = node::SCRUB_INTERVAL_DEFAULT.as_secs())]
-        scrub_interval: u64,
-        /// Shard bytes a scrub reads per second at most.
-        #[arg(long, default_value_t = node::SCRUB_BYTES_PER_S_DEFAULT)]
-        scrub_bytes_per_s: u64,
-    },
+/// `sohofs node serve`: a storage node that joins the cluster by
+/// heartbeating to meta (meta registers it at its first heartbeat).
+#[derive(Args, Debug)]
+pub struct NodeServeArgs {
+    /// Node id, unique in the cluster (a removed node's id is never taken again).
+    #[arg(long)]
+    pub id: u64,
+    /// The donated folder.
+    #[arg(long)]
+    pub dir: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:7701")]
+    pub listen: String,
+    /// Meta service address (repeat for several).
+    #[arg(long, required = true)]
+    pub meta: Vec<String>,
+    /// Failure domain name (the machine); defaults to this host's name.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Seconds between scrubs of every shard (0: only on `sohofs scrub`).
+    #[arg(long, value_name = "SECS", default_value_t = node::SCRUB_INTERVAL_DEFAULT.as_secs())]
+    pub scrub_interval: u64,
+    /// Shard bytes a scrub reads per second at most.
+    #[arg(long, default_value_t = node::SCRUB_BYTES_PER_S_DEFAULT)]
+    pub scrub_bytes_per_s: u64,
 }
 
 pub fn default_write_quorum(k: u8, m: u8) -> u8 {
@@ -107,6 +112,8 @@ pub async fn meta(verb: MetaVerb) -> Result<()> {
         chunk_bytes,
         grace_period,
         rebuild_bytes_per_s,
+        orphan_safety_window,
+        orphan_sweep_interval,
     } = verb;
     let write_quorum = write_quorum.unwrap_or_else(|| default_write_quorum(k, m));
     check_geometry(k, m, write_quorum, chunk_bytes)?;
@@ -124,6 +131,8 @@ pub async fn meta(verb: MetaVerb) -> Result<()> {
         let heal = HealSettings {
             grace_period: Duration::from_secs(grace_period),
             rebuild_bytes_per_s,
+            orphan_safety_window: Duration::from_secs(orphan_safety_window),
+            orphan_sweep_interval: (orphan_sweep_interval > 0).then(|| Duration::from_secs(orphan_sweep_interval)),
         };
         Ok(Meta::open(kv, Some(params), meta::NODE_DOWN_AFTER_DEFAULT)?.with_heal(heal))
     })
@@ -135,8 +144,8 @@ pub async fn meta(verb: MetaVerb) -> Result<()> {
     }
 }
 
-pub async fn node(verb: NodeVerb) -> Result<()> {
-    let NodeVerb::Serve {
+pub async fn node(args: NodeServeArgs) -> Result<()> {
+    let NodeServeArgs {
         id,
         dir,
         listen,
@@ -144,7 +153,7 @@ pub async fn node(verb: NodeVerb) -> Result<()> {
         host,
         scrub_interval,
         scrub_bytes_per_s,
-    } = verb;
+    } = args;
     let host = match host {
         Some(host) => host,
         None => nix::unistd::gethostname()

@@ -20,6 +20,9 @@ struct NodeJson {
     state: &'static str,
     /// Silent past the grace period: its shards are being rebuilt elsewhere.
     lost: bool,
+    /// Marked by `sohofs node drain`: its shards are moving to other hosts
+    /// (`sohofs node list` shows how many are left).
+    draining: bool,
     capacity_bytes: u64,
     used_bytes: u64,
     free_bytes: u64,
@@ -75,6 +78,10 @@ pub async fn run(config_path: &Path, json: bool) -> Result<()> {
         MetaResponse::Rebuild(rebuild) => rebuild,
         other => anyhow::bail!("meta answered Rebuild with {other:?}"),
     };
+    let draining = match call(&meta, MetaRequest::Draining).await.with_context(context)? {
+        MetaResponse::Draining(ids) => ids,
+        other => anyhow::bail!("meta answered Draining with {other:?}"),
+    };
     let report = StatusJson {
         nodes: nodes
             .into_iter()
@@ -84,6 +91,7 @@ pub async fn run(config_path: &Path, json: bool) -> Result<()> {
                 host: n.record.host,
                 state: if n.up { "up" } else { "down" },
                 lost: rebuild.nodes_lost.contains(&n.record.id),
+                draining: draining.contains(&n.record.id),
                 capacity_bytes: n.record.capacity_bytes,
                 used_bytes: n.record.used_bytes,
                 free_bytes: n.record.free_bytes,
@@ -114,16 +122,21 @@ pub async fn run(config_path: &Path, json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:>4}  {:<22} {:<12} {:<5} {:>12} {:>12} {:>8}",
+        "{:>4}  {:<22} {:<12} {:<11} {:>12} {:>12} {:>8}",
         "id", "addr", "host", "state", "used", "capacity", "shards"
     );
     for node in &report.nodes {
+        let state = if node.lost { "lost" } else { node.state };
         println!(
-            "{:>4}  {:<22} {:<12} {:<5} {:>12} {:>12} {:>8}",
+            "{:>4}  {:<22} {:<12} {:<11} {:>12} {:>12} {:>8}",
             node.id,
             node.addr,
             node.host,
-            if node.lost { "lost" } else { node.state },
+            if node.draining {
+                format!("{state},drain")
+            } else {
+                state.to_string()
+            },
             human_bytes(node.used_bytes),
             human_bytes(node.capacity_bytes),
             node.shards

@@ -2,6 +2,12 @@
 //!
 //! Layout of DIR: `sohofs.toml` (the config), `volume.key` (0600),
 //! `meta/` (database and log), `nodes/<i>/` (`data/`, `node.log`, `node.pid`).
+//!
+//! Membership while `up` runs: `sohofs node add` appends a node to
+//! `sohofs.toml` and `sohofs node remove` moves one to `removed_nodes`; `up`
+//! re-reads the file every second ([`CONFIG_POLL_INTERVAL`]), starts the
+//! nodes it does not run yet and stops the ones removed. A restart of `up`
+//! keeps both changes.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -19,6 +25,8 @@ use crate::services::{check_geometry, default_write_quorum, CHUNK_BYTES_DEFAULT,
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long children get to stop after SIGTERM before SIGKILL.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often `up` re-reads `sohofs.toml` for nodes added or removed.
+const CONFIG_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Args, Debug)]
 pub struct UpArgs {
@@ -129,20 +137,24 @@ pub(crate) fn prepare(args: &UpArgs, dir: &Path) -> Result<ClusterConfig> {
             _ => Ok(format!("127.0.0.1:{}", free_port()?)),
         }
     };
+    let removed: Vec<u64> = previous.as_ref().map(|p| p.removed_nodes.clone()).unwrap_or_default();
+    // Nodes 1..=N, less the removed ones, plus the ones `node add` made.
+    let mut ids: Vec<u64> = (1..=args.nodes as u64).collect();
+    if let Some(previous) = &previous {
+        ids.extend(previous.nodes.iter().map(|n| n.id).filter(|id| *id > args.nodes as u64));
+    }
+    ids.retain(|id| !removed.contains(id));
     let mut nodes = Vec::new();
-    for id in 1..=args.nodes as u64 {
+    for id in ids {
         let node_dir = format!("nodes/{id}");
         std::fs::create_dir_all(dir.join(&node_dir).join("data"))
             .with_context(|| format!("create {}", dir.join(&node_dir).display()))?;
-        let old = previous
-            .as_ref()
-            .and_then(|p| p.nodes.iter().find(|n| n.id == id))
-            .map(|n| &n.listen);
+        let old = previous.as_ref().and_then(|p| p.nodes.iter().find(|n| n.id == id));
         nodes.push(NodeSection {
             id,
-            listen: reuse(old)?,
+            listen: reuse(old.map(|n| &n.listen))?,
             dir: node_dir,
-            host: format!("local-{id}"),
+            host: old.map_or_else(|| format!("local-{id}"), |n| n.host.clone()),
         });
     }
     let mut heal = previous.as_ref().map(|p| p.heal.clone()).unwrap_or_default();
@@ -154,6 +166,7 @@ pub(crate) fn prepare(args: &UpArgs, dir: &Path) -> Result<ClusterConfig> {
         data_key_file: KEY_FILE.into(),
         volume,
         nodes,
+        removed_nodes: removed,
         heal,
         // An [ldap] table the administrator added survives restarts.
         ldap: previous.as_ref().and_then(|p| p.ldap.clone()),
@@ -222,18 +235,91 @@ impl Children {
     }
 }
 
+/// The arguments of `sohofs node serve` for one node of an `up` cluster.
+fn node_args(config: &ClusterConfig, dir: &Path, node: &NodeSection) -> Vec<String> {
+    let node_dir = dir.join(&node.dir);
+    vec![
+        "node".into(),
+        "serve".into(),
+        "--id".into(),
+        node.id.to_string(),
+        "--dir".into(),
+        node_dir.join("data").display().to_string(),
+        "--listen".into(),
+        node.listen.clone(),
+        "--meta".into(),
+        config.meta[0].clone(),
+        "--host".into(),
+        node.host.clone(),
+        "--scrub-interval".into(),
+        config.heal.scrub_interval_s.to_string(),
+        "--scrub-bytes-per-s".into(),
+        config.heal.scrub_bytes_per_s.to_string(),
+    ]
+}
+
+/// Starts node `node` of the cluster in `dir` as a child; writes its pid file.
+fn start_node(config: &ClusterConfig, dir: &Path, node: &NodeSection) -> Result<Child> {
+    let node_dir = dir.join(&node.dir);
+    std::fs::create_dir_all(node_dir.join("data")).with_context(|| format!("create {}", node_dir.display()))?;
+    let child = spawn_child(&node_args(config, dir, node), &node_dir.join("node.log"))?;
+    if let Some(pid) = child.id() {
+        std::fs::write(node_dir.join("node.pid"), format!("{pid}\n"))
+            .with_context(|| format!("write {}", node_dir.join("node.pid").display()))?;
+    }
+    Ok(child)
+}
+
+/// Starts the nodes `sohofs node add` put in the config and stops the ones
+/// `sohofs node remove` took out.
+async fn follow_membership(config_path: &Path, dir: &Path, children: &mut Children) {
+    let Ok(config) = ClusterConfig::load(config_path) else {
+        return; // being replaced right now, or broken: try again next time
+    };
+    for node in &config.nodes {
+        if children.nodes.iter().any(|(id, _)| *id == node.id) || config.removed_nodes.contains(&node.id) {
+            continue;
+        }
+        match start_node(&config, dir, node) {
+            Ok(child) => {
+                tracing::info!(node = node.id, listen = %node.listen, "node added; started");
+                children.nodes.push((node.id, child));
+            }
+            Err(error) => tracing::error!(node = node.id, "cannot start an added node: {error:#}"),
+        }
+    }
+    let (removed, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut children.nodes)
+        .into_iter()
+        .partition(|(id, _)| config.removed_nodes.contains(id));
+    children.nodes = kept;
+    for (id, mut child) in removed {
+        if let Some(pid) = child.id() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        if tokio::time::timeout(STOP_TIMEOUT, child.wait()).await.is_err() {
+            let _ = child.kill().await;
+        }
+        tracing::info!(node = id, "node removed; stopped");
+    }
+}
+
 /// Waits for SIGINT/SIGTERM, saying once when a child process ends: `up` does
 /// not restart it (a node down is what the volume is built to survive).
-async fn watch_children(children: &mut Children) {
+/// Meanwhile it follows nodes added and removed in the config.
+async fn watch_children(children: &mut Children, config_path: &Path, dir: &Path) {
     let stop = terminated();
     tokio::pin!(stop);
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(CONFIG_POLL_INTERVAL);
     let mut reported = std::collections::HashSet::new();
     loop {
         tokio::select! {
             _ = &mut stop => return,
             _ = tick.tick() => {}
         }
+        follow_membership(config_path, dir, children).await;
         if let Some(meta) = children.meta.as_mut() {
             if let Ok(Some(status)) = meta.try_wait() {
                 if reported.insert(0u64) {
@@ -337,35 +423,15 @@ async fn run_cluster(
         config.heal.grace_period_s.to_string(),
         "--rebuild-bytes-per-s".into(),
         config.heal.rebuild_bytes_per_s.to_string(),
+        "--orphan-safety-window".into(),
+        config.heal.orphan_safety_window_s.to_string(),
+        "--orphan-sweep-interval".into(),
+        config.heal.orphan_sweep_interval_s.to_string(),
     ];
     let meta_child = children.meta.insert(spawn_child(&meta_args, &meta_log)?);
     wait_for_port(&meta_addr, meta_child, "meta", &meta_log).await?;
     for node in &config.nodes {
-        let node_dir = dir.join(&node.dir);
-        let log = node_dir.join("node.log");
-        let node_args: Vec<String> = vec![
-            "node".into(),
-            "serve".into(),
-            "--id".into(),
-            node.id.to_string(),
-            "--dir".into(),
-            node_dir.join("data").display().to_string(),
-            "--listen".into(),
-            node.listen.clone(),
-            "--meta".into(),
-            meta_addr.clone(),
-            "--host".into(),
-            node.host.clone(),
-            "--scrub-interval".into(),
-            config.heal.scrub_interval_s.to_string(),
-            "--scrub-bytes-per-s".into(),
-            config.heal.scrub_bytes_per_s.to_string(),
-        ];
-        let child = spawn_child(&node_args, &log)?;
-        if let Some(pid) = child.id() {
-            std::fs::write(node_dir.join("node.pid"), format!("{pid}\n"))
-                .with_context(|| format!("write {}", node_dir.join("node.pid").display()))?;
-        }
+        let child = start_node(config, dir, node)?;
         children.nodes.push((node.id, child));
     }
     let volume = crate::mount::connect(config, config_path).await?;
@@ -407,7 +473,7 @@ async fn run_cluster(
         "sohofs: config {}; stop with Ctrl-C (or SIGTERM)",
         config_path.display()
     );
-    watch_children(children).await;
+    watch_children(children, config_path, dir).await;
     println!("sohofs: stopping");
     crate::mount::unmount(session, mountpoint).await;
     Ok(())

@@ -13,6 +13,8 @@
 //! | `N`    | `N` node-id                        | [`NodeRecord`]   | placement, status                  |
 //! | `G`    | `G` seq                            | [`GcRecord`]     | the garbage collector              |
 //! | `O`    | `O` ino                            | empty            | orphan purge (nlink 0, maybe open) |
+//! | `W`    | `W` node-id                        | empty            | draining nodes: placement, healing |
+//! | `Z`    | `Z` node-id                        | empty            | removed nodes: heartbeats refused  |
 //!
 //! [`VolumeRecord`]: crate::VolumeRecord
 //! [`Inode`]: crate::Inode
@@ -131,6 +133,30 @@ pub fn orphan(ino: Ino) -> Vec<u8> {
 }
 
 pub const ORPHAN_PREFIX: &[u8] = b"O";
+
+/// A node being drained (`sohofs node drain`).
+pub fn draining(id: NodeId) -> Vec<u8> {
+    let mut key = with_prefix(b'W', 8);
+    key.extend_from_slice(&id.to_be_bytes());
+    key
+}
+
+pub const DRAINING_PREFIX: &[u8] = b"W";
+
+/// A node taken out of the cluster (`sohofs node remove`); never registered again.
+pub fn removed(id: NodeId) -> Vec<u8> {
+    let mut key = with_prefix(b'Z', 8);
+    key.extend_from_slice(&id.to_be_bytes());
+    key
+}
+
+pub const REMOVED_PREFIX: &[u8] = b"Z";
+
+/// The node id in a key built by [`node`], [`draining`] or [`removed`].
+pub fn node_of(key: &[u8]) -> Option<NodeId> {
+    let bytes: [u8; 8] = key.get(1..9)?.try_into().ok()?;
+    Some(u64::from_be_bytes(bytes))
+}
 
 /// The inode number in a key built by [`orphan`] or [`inode`].
 pub fn ino_of(key: &[u8]) -> Option<Ino> {

@@ -129,6 +129,36 @@ pub struct RebuildStatus {
     pub nodes_lost: Vec<NodeId>,
 }
 
+/// One registered node as `sohofs node list` shows it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub record: NodeRecord,
+    pub up: bool,
+    /// Silent for longer than the grace period.
+    pub lost: bool,
+    /// Marked by `sohofs node drain`: takes no new shards, and healing
+    /// moves every shard it holds to other hosts.
+    pub draining: bool,
+    /// Shards on this node that chunk records name (what a stripe needs).
+    pub shards_referenced: u64,
+    /// Shards on this node waiting in the GC queue (moved or released).
+    pub shards_queued_for_gc: u64,
+}
+
+/// One shard as a node lists it: the orphan collector compares these with
+/// the chunk records.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListedShard {
+    pub piece_id: u128,
+    pub shard_index: u8,
+    /// Seconds since the shard file was written, by the node's own clock (so
+    /// that no two clocks are compared).
+    pub age_s: u64,
+}
+
+/// Most shards one `ListShards` answer holds (about 26 bytes each).
+pub const SHARDS_LISTED_MAX: u32 = 16_384;
+
 /// The outcome of a scrub of every node and the repairs it caused.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct ScrubReport {
@@ -247,6 +277,21 @@ pub enum MetaRequest {
         after: Option<(Ino, u64)>,
         limit: u32,
     },
+    /// Every registered node with its membership state and shard counts
+    /// (scans every chunk record: an admin call).
+    Members,
+    /// Mark a node draining: no new shards go to it, and healing moves its
+    /// shards to other hosts.
+    Drain {
+        node: NodeId,
+    },
+    /// Take a node out of the registry. Refused (`NotEmpty`) while any chunk
+    /// record names a shard on it; a removed node's heartbeats are refused.
+    RemoveNode {
+        node: NodeId,
+    },
+    /// The nodes that are draining (clients place no new shards there).
+    Draining,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -265,6 +310,8 @@ pub enum MetaResponse {
     Rebuild(RebuildStatus),
     Scrub(ScrubReport),
     ChunkList(Vec<(Ino, u64, ChunkRecord)>),
+    Members(Vec<Member>),
+    Draining(Vec<NodeId>),
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -289,6 +336,12 @@ pub enum NodeRequest {
     Scrub {
         bytes_per_s: u64,
     },
+    /// Shards held, in key order after `after`, at most `limit` (bounded by
+    /// [`SHARDS_LISTED_MAX`]), with their ages.
+    ListShards {
+        after: Option<(u128, u8)>,
+        limit: u32,
+    },
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -309,6 +362,8 @@ pub enum NodeResponse {
         shards_checked: u64,
         corrupt: Vec<(u128, u8)>,
     },
+    /// An empty list: nothing after the cursor.
+    Shards(Vec<ListedShard>),
 }
 
 /// Most corrupt shards one scrub answer lists (18 bytes each at most, well

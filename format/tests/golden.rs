@@ -21,8 +21,8 @@ use std::path::PathBuf;
 
 use sohofs_format::frame::{decode_body, encode_body, FrameKind};
 use sohofs_format::messages::{
-    ChunkOp, ChunkWrite, DirEntry, ErrorKind, MetaRequest, MetaResponse, NewInode, NodeRequest, NodeResponse,
-    NodeStatus, RebuildStatus, ScrubReport, SetAttr, ShardRef, TimeSet, VolumeStatus,
+    ChunkOp, ChunkWrite, DirEntry, ErrorKind, ListedShard, Member, MetaRequest, MetaResponse, NewInode, NodeRequest,
+    NodeResponse, NodeStatus, RebuildStatus, ScrubReport, SetAttr, ShardRef, TimeSet, VolumeStatus,
 };
 use sohofs_format::{
     ChunkRecord, DecodeError, Dentry, EnvelopeRecipient, Extent, FileKind, FrameHeader, GcRecord, Inode, KeyEnvelope,
@@ -583,6 +583,44 @@ fn cases() -> Vec<Box<dyn Vector>> {
         body(
             "meta_response_chunk_list.bin",
             MetaResponse::ChunkList(vec![(4242, 7, chunk_record())]),
+        ),
+        body("meta_request_members.bin", MetaRequest::Members),
+        body("meta_request_drain.bin", MetaRequest::Drain { node: 3 }),
+        body("meta_request_remove_node.bin", MetaRequest::RemoveNode { node: 300 }),
+        body("meta_request_draining.bin", MetaRequest::Draining),
+        body(
+            "meta_response_members.bin",
+            MetaResponse::Members(vec![Member {
+                record: node_record(),
+                up: true,
+                lost: false,
+                draining: true,
+                shards_referenced: 17,
+                shards_queued_for_gc: 40_000,
+            }]),
+        ),
+        body("meta_response_draining.bin", MetaResponse::Draining(vec![3, 300])),
+        body(
+            "node_request_list_shards.bin",
+            NodeRequest::ListShards {
+                after: Some((PIECE_ID, 4)),
+                limit: 16_384,
+            },
+        ),
+        body(
+            "node_response_shards.bin",
+            NodeResponse::Shards(vec![
+                ListedShard {
+                    piece_id: PIECE_ID,
+                    shard_index: 5,
+                    age_s: 3601,
+                },
+                ListedShard {
+                    piece_id: 1,
+                    shard_index: 0,
+                    age_s: 0,
+                },
+            ]),
         ),
     ]
 }

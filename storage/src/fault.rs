@@ -510,6 +510,11 @@ impl ShardStore for FaultyShardStore {
         self.faults.enter()?;
         self.inner.list()
     }
+
+    fn age(&self, key: ShardKey) -> FsResult<Option<std::time::Duration>> {
+        self.faults.enter()?;
+        self.inner.age(key)
+    }
 }
 
 // ----- faulty transport -----

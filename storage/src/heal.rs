@@ -7,6 +7,13 @@
 //! ciphertext and carry their BLAKE3 in the record: meta never needs a key,
 //! and every rebuilt shard is checked against the hash its writer recorded.
 //!
+//! When nothing is missing it carries out drains (shards on draining nodes
+//! move to hosts not in their stripe) in the same way, and then rebalancing
+//! ([`crate::repair::plan_rebalance`]) toward nodes that hold fewer shards.
+//! Every [`HealSettings::orphan_sweep_interval`] it also lists each node's
+//! shards and queues for the collector those that no record names and no
+//! deletion covers, once they are older than the safety window.
+//!
 //! It also answers `Scrub`: every reachable node re-hashes its shards, the
 //! corrupt ones become suspects, and repair passes run until they are
 //! rewritten.
@@ -22,7 +29,9 @@ use sohofs_format::NodeId;
 use crate::error::{FsError, FsResult};
 use crate::meta::Meta;
 use crate::peers::NodeClient;
-use crate::repair::{plan_repairs, RepairCommand, ShardMove};
+use crate::repair::{
+    pick_orphans, plan_rebalance, plan_repairs, RepairCommand, ShardMove, REBALANCE_MOVES_PER_PASS_MAX,
+};
 use crate::rpc::Transport;
 use crate::shard_store::ShardKey;
 
@@ -35,14 +44,26 @@ pub const REBUILD_BYTES_PER_S_DEFAULT: u64 = 32 * 1024 * 1024;
 pub const HEAL_INTERVAL: Duration = Duration::from_secs(2);
 /// How long meta waits for one node's scrub.
 pub const SCRUB_CALL_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// How long meta waits for one page of a node's shard listing (a listing
+/// reads the node's whole shard folder).
+pub const SHARD_LIST_CALL_TIMEOUT: Duration = Duration::from_secs(300);
 /// Repair passes a scrub runs at most before it answers.
 pub const SCRUB_REPAIR_PASSES_MAX: usize = 10;
+/// A shard that nothing names is collected only once it is this old: a
+/// write puts its shards before it commits them, and must never lose one.
+pub const ORPHAN_SAFETY_WINDOW_DEFAULT: Duration = Duration::from_secs(3600);
+/// How often meta lists every node's shards to find orphans.
+pub const ORPHAN_SWEEP_INTERVAL_DEFAULT: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HealSettings {
     pub grace_period: Duration,
-    /// 0: no limit.
+    /// 0: no limit. Also bounds drains and rebalancing.
     pub rebuild_bytes_per_s: u64,
+    /// Unnamed shards younger than this are kept.
+    pub orphan_safety_window: Duration,
+    /// `None`: orphans are never looked for.
+    pub orphan_sweep_interval: Option<Duration>,
 }
 
 impl Default for HealSettings {
@@ -50,7 +71,20 @@ impl Default for HealSettings {
         HealSettings {
             grace_period: GRACE_PERIOD_DEFAULT,
             rebuild_bytes_per_s: REBUILD_BYTES_PER_S_DEFAULT,
+            orphan_safety_window: ORPHAN_SAFETY_WINDOW_DEFAULT,
+            orphan_sweep_interval: Some(ORPHAN_SWEEP_INTERVAL_DEFAULT),
         }
+    }
+}
+
+/// Whether `mv` moves a readable shard from a reachable node (a drain or a
+/// rebalancing move), not one that is missing or corrupt.
+fn view_moves_healthy(view: &crate::repair::ClusterView, mv: &ShardMove) -> bool {
+    match mv.from {
+        // A corrupt shard is rewritten in place (from == to); a missing one
+        // has no node or a lost or unknown one.
+        Some(from) if from != mv.to => view.nodes.iter().any(|n| n.id == from && n.reachable && !n.lost),
+        _ => false,
     }
 }
 
@@ -78,15 +112,59 @@ impl Healer {
         }
     }
 
-    /// Runs repair passes forever.
+    /// Runs repair passes, and orphan sweeps, forever.
     pub async fn run(&self) {
+        let mut last_sweep = Instant::now();
         loop {
             tokio::time::sleep(HEAL_INTERVAL).await;
             let _pass = self.pass_lock.lock().await;
             if let Err(error) = self.pass().await.map(drop) {
                 tracing::warn!(%error, "repair pass failed");
             }
+            let settings = self.meta.heal_settings();
+            if let Some(interval) = settings.orphan_sweep_interval {
+                if last_sweep.elapsed() >= interval {
+                    last_sweep = Instant::now();
+                    match self.collect_orphans(settings.orphan_safety_window).await {
+                        Ok(0) => {}
+                        Ok(queued) => tracing::info!(queued, "orphan shards queued for collection"),
+                        Err(error) => tracing::warn!(%error, "orphan sweep failed"),
+                    }
+                }
+            }
         }
+    }
+
+    /// Lists the shards of every reachable node and queues for the
+    /// collector those that no chunk record names, no deletion covers, and
+    /// that are older than `safety_window` (`repair::pick_orphans`).
+    /// Returns how many were queued.
+    pub async fn collect_orphans(&self, safety_window: Duration) -> FsResult<u64> {
+        let meta = self.meta.clone();
+        let health = blocking(move || meta.node_health()).await?;
+        let mut listings = Vec::new();
+        for (node, addr) in health.iter().filter(|(n, _)| n.reachable) {
+            let client = NodeClient::with_call_timeout(addr.clone(), self.transport.clone(), SHARD_LIST_CALL_TIMEOUT);
+            match client.list_all_shards().await {
+                Ok(listed) => listings.push((node.id, listed)),
+                Err(error) => tracing::debug!(node = node.id, %error, "cannot list shards; swept next time"),
+            }
+        }
+        // References are read after the listings: a shard committed while a
+        // node listed is seen as named.
+        let meta = self.meta.clone();
+        let (referenced, queued) = blocking(move || meta.shard_references()).await?;
+        let mut total = 0u64;
+        for (node, listed) in listings {
+            let orphans = pick_orphans(node, &listed, &referenced, &queued, safety_window);
+            if orphans.is_empty() {
+                continue;
+            }
+            total += orphans.len() as u64;
+            let meta = self.meta.clone();
+            blocking(move || meta.queue_orphans(node, &orphans)).await?;
+        }
+        Ok(total)
     }
 
     fn client(&self, id: NodeId, addrs: &HashMap<NodeId, String>) -> FsResult<Arc<NodeClient>> {
@@ -120,30 +198,42 @@ impl Healer {
         };
         self.meta.set_rebuild_status(status.clone());
         let mut repaired = Vec::new();
-        if plan.commands.is_empty() {
+        let mut commands = plan.commands;
+        if commands.is_empty() && plan.chunks_left == 0 && plan.drain_shards_left == 0 {
+            // Nothing to repair or drain: even out the shard counts (a node
+            // just added holds none).
+            commands = plan_rebalance(&view, &stripes, REBALANCE_MOVES_PER_PASS_MAX);
+        }
+        if commands.is_empty() {
             return Ok((repaired, plan.stale_suspects));
         }
         tracing::info!(
             chunks = plan.chunks_left,
             bytes = plan.bytes_left,
-            commands = plan.commands.len(),
-            "rebuilding"
+            draining = plan.drain_shards_left,
+            commands = commands.len(),
+            "rebuilding, draining or rebalancing"
         );
         let rate = self.meta.heal_settings().rebuild_bytes_per_s;
         let mut commands_of_chunk: HashMap<(u64, u64), usize> = HashMap::new();
-        for command in &plan.commands {
+        // Only commands that restore a missing or corrupt shard count toward
+        // the rebuild progress; drains and rebalancing move healthy shards.
+        let restores = |command: &RepairCommand| command.moves.iter().any(|mv| !view_moves_healthy(&view, mv));
+        for command in commands.iter().filter(|c| restores(c)) {
             *commands_of_chunk.entry((command.ino, command.chunk_index)).or_default() += 1;
         }
         let started = Instant::now();
         let mut written = 0u64;
         let mut failures = 0usize;
-        for command in &plan.commands {
+        for command in &commands {
             match self.execute(command, &addrs).await {
                 Ok(done) => {
                     let bytes = command.shard_bytes * done.len() as u64;
                     written += bytes;
-                    status.bytes_left = status.bytes_left.saturating_sub(bytes);
-                    if done.len() == command.moves.len() {
+                    if restores(command) {
+                        status.bytes_left = status.bytes_left.saturating_sub(bytes);
+                    }
+                    if restores(command) && done.len() == command.moves.len() {
                         let left = commands_of_chunk
                             .get_mut(&(command.ino, command.chunk_index))
                             .expect("every command's chunk is counted");
@@ -188,6 +278,65 @@ impl Healer {
     /// Rebuilds the shards of one command; returns the moves committed
     /// (none if the chunk changed meanwhile).
     async fn execute(&self, command: &RepairCommand, addrs: &HashMap<NodeId, String>) -> FsResult<Vec<ShardMove>> {
+        // A drain or rebalancing move copies a readable shard: one read
+        // instead of k and a decode. Anything else, or a copy that fails,
+        // rebuilds from k sources.
+        let is_copy = |mv: &ShardMove| {
+            mv.from
+                .is_some_and(|from| from != mv.to && command.sources.contains(&(mv.shard_index, from)))
+        };
+        if command.moves.iter().all(is_copy) {
+            match self.copy(command, addrs).await {
+                Ok(done) => return Ok(done),
+                Err(error) => tracing::debug!(%error, "shard copy failed; rebuilding it from the stripe"),
+            }
+        }
+        self.rebuild(command, addrs).await
+    }
+
+    /// Copies each moved shard from its node to its target, checked against
+    /// the record's hash, then commits the moves.
+    async fn copy(&self, command: &RepairCommand, addrs: &HashMap<NodeId, String>) -> FsResult<Vec<ShardMove>> {
+        let piece_id = command.piece_id;
+        let mut payloads = Vec::with_capacity(command.moves.len());
+        for mv in &command.moves {
+            let from = mv.from.expect("a copy has a source node");
+            let key = ShardKey {
+                piece_id,
+                shard_index: mv.shard_index,
+            };
+            let payload = self.client(from, addrs)?.get_shard(key).await?;
+            let hash = command.hashes[mv.shard_index as usize];
+            let checked = {
+                let payload = payload.clone();
+                blocking(move || Ok(*blake3::hash(&payload).as_bytes() == hash)).await?
+            };
+            if !checked {
+                self.meta.add_suspects(&[ShardRef {
+                    node: from,
+                    piece_id,
+                    shard_index: mv.shard_index,
+                }]);
+                return Err(FsError::Corrupt("a shard to move does not match its record".into()));
+            }
+            payloads.push(payload);
+        }
+        let done = self
+            .place_and_commit(command, addrs, |index| {
+                let position = command
+                    .moves
+                    .iter()
+                    .position(|mv| mv.shard_index == index)
+                    .expect("every move has its payload");
+                &payloads[position]
+            })
+            .await?;
+        tracing::debug!(piece = %format!("{piece_id:032x}"), moved = done.len(), "shards copied");
+        Ok(done)
+    }
+
+    /// Rebuilds the moved shards from k sources, then places and commits them.
+    async fn rebuild(&self, command: &RepairCommand, addrs: &HashMap<NodeId, String>) -> FsResult<Vec<ShardMove>> {
         let k = command.data_shards as usize;
         let width = k + command.parity_shards as usize;
         let piece_id = command.piece_id;
@@ -282,9 +431,23 @@ impl Healer {
                 return Err(FsError::Corrupt("a source shard does not match its record".into()));
             }
         };
+        self.place_and_commit(command, addrs, |index| &rebuilt[index as usize])
+            .await
+    }
+
+    /// Puts each moved shard (`payload_of(index)`) on its target, then
+    /// commits the moves that landed; returns them (none if the chunk
+    /// changed meanwhile).
+    async fn place_and_commit<'p>(
+        &self,
+        command: &RepairCommand,
+        addrs: &HashMap<NodeId, String>,
+        payload_of: impl Fn(u8) -> &'p [u8],
+    ) -> FsResult<Vec<ShardMove>> {
+        let piece_id = command.piece_id;
         let puts = command.moves.iter().map(|mv| {
             let client = self.client(mv.to, addrs);
-            let payload = &rebuilt[mv.shard_index as usize];
+            let payload = payload_of(mv.shard_index);
             let hash = command.hashes[mv.shard_index as usize];
             async move {
                 let key = ShardKey {

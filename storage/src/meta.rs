@@ -14,8 +14,8 @@ use bytes::Bytes;
 use sohofs_format::frame::{decode_body, encode_body};
 use sohofs_format::keys;
 use sohofs_format::messages::{
-    ChunkOp, ChunkWrite, DirEntry, MetaRequest, MetaResponse, NewInode, NodeStatus, RebuildStatus, SetAttr, ShardRef,
-    StatFs, TimeSet, VolumeStatus,
+    ChunkOp, ChunkWrite, DirEntry, Member, MetaRequest, MetaResponse, NewInode, NodeStatus, RebuildStatus, SetAttr,
+    ShardRef, StatFs, TimeSet, VolumeStatus,
 };
 use sohofs_format::{
     ChunkRecord, Dentry, Extent, FileKind, GcRecord, Ino, Inode, NodeId, NodeRecord, PieceBody, TimeNs, VolumeRecord,
@@ -920,6 +920,11 @@ impl Meta {
     }
 
     pub fn heartbeat(&self, node: &NodeRecord) -> FsResult<()> {
+        if self.kv.get(&keys::removed(node.id))?.is_some() {
+            // A removed node that still runs must not come back by itself:
+            // its id is retired (`sohofs node remove`).
+            return Err(FsError::Invalid("this node id was removed from the cluster"));
+        }
         let known = match self.kv.get(&keys::node(node.id))? {
             Some(bytes) => Some(NodeRecord::decode(&bytes)?),
             None => None,
@@ -969,6 +974,7 @@ impl Meta {
     /// Every registered node with its liveness as repair sees it, and its
     /// address.
     pub fn node_health(&self) -> FsResult<Vec<(NodeHealth, String)>> {
+        let draining: HashSet<NodeId> = self.draining_nodes()?.into_iter().collect();
         let liveness = self.liveness.lock().expect("liveness lock");
         let mut out = Vec::new();
         for (_, value) in self.scan_all(keys::NODE_PREFIX)? {
@@ -982,6 +988,7 @@ impl Meta {
                     free_bytes: record.free_bytes,
                     reachable: seen.is_some_and(|s| s < self.down_after.min(self.heal.grace_period)),
                     lost: silent >= self.heal.grace_period,
+                    draining: draining.contains(&record.id),
                 },
                 record.addr,
             ));
@@ -1038,6 +1045,152 @@ impl Meta {
             }
         }
         Ok((view, stripes, addrs))
+    }
+
+    /// The nodes marked draining.
+    pub fn draining_nodes(&self) -> FsResult<Vec<NodeId>> {
+        Ok(self
+            .scan_all(keys::DRAINING_PREFIX)?
+            .iter()
+            .filter_map(|(key, _)| keys::node_of(key))
+            .collect())
+    }
+
+    /// Marks a registered node draining: placement and repair stop choosing
+    /// it, and the heal service moves its shards to other hosts.
+    pub fn drain(&self, node: NodeId) -> FsResult<()> {
+        let _guard = self.lock();
+        if self.kv.get(&keys::node(node))?.is_none() {
+            return Err(FsError::NotFound);
+        }
+        let mut batch = Batch::default();
+        batch.put(keys::draining(node), Vec::new());
+        self.kv.write(batch)?;
+        self.kv.sync()
+    }
+
+    /// Every shard that chunk records place, and every shard queued for the
+    /// collector. Scans all chunk records.
+    pub fn shard_references(&self) -> FsResult<(HashSet<ShardRef>, HashSet<ShardRef>)> {
+        let mut referenced = HashSet::new();
+        for (_, value) in self.scan_all(keys::CHUNK_PREFIX)? {
+            let record = ChunkRecord::decode(&value)?;
+            for extent in &record.extents {
+                if let PieceBody::Striped { shards, .. } = &extent.piece.body {
+                    for (index, loc) in shards.iter().enumerate() {
+                        if let Some(node) = loc.node {
+                            referenced.insert(ShardRef {
+                                node,
+                                piece_id: extent.piece.id,
+                                shard_index: index as u8,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        let mut queued = HashSet::new();
+        for (_, value) in self.scan_all(keys::GC_PREFIX)? {
+            let gc = GcRecord::decode(&value)?;
+            queued.insert(ShardRef {
+                node: gc.node,
+                piece_id: gc.piece_id,
+                shard_index: gc.shard_index,
+            });
+        }
+        Ok((referenced, queued))
+    }
+
+    /// Every registered node with its state and how many shards records
+    /// place on it and the GC queue holds for it.
+    pub fn members(&self) -> FsResult<Vec<Member>> {
+        let (referenced, queued) = self.shard_references()?;
+        let health: HashMap<NodeId, NodeHealth> = self.node_health()?.into_iter().map(|(n, _)| (n.id, n)).collect();
+        let per_node = |set: &HashSet<ShardRef>| {
+            let mut counts: HashMap<NodeId, u64> = HashMap::new();
+            for shard in set {
+                *counts.entry(shard.node).or_default() += 1;
+            }
+            counts
+        };
+        let (referenced, queued) = (per_node(&referenced), per_node(&queued));
+        let count = |counts: &HashMap<NodeId, u64>, id: NodeId| counts.get(&id).copied().unwrap_or(0);
+        Ok(self
+            .nodes()?
+            .into_iter()
+            .map(|status| {
+                let id = status.record.id;
+                let health = health.get(&id);
+                Member {
+                    up: status.up,
+                    lost: health.is_some_and(|h| h.lost),
+                    draining: health.is_some_and(|h| h.draining),
+                    shards_referenced: count(&referenced, id),
+                    shards_queued_for_gc: count(&queued, id),
+                    record: status.record,
+                }
+            })
+            .collect())
+    }
+
+    /// Takes a node out of the registry for good: refused with
+    /// [`FsError::Invalid`] unless it is draining or lost (an active node
+    /// may be taking a write's shard right now, even when it holds none),
+    /// and with [`FsError::NotEmpty`] while any chunk record places a shard
+    /// on it (wait for the drain, or for the rebuild of a lost node). Its
+    /// queued deletions are dropped (its disk leaves the cluster) and its
+    /// id is retired, so its heartbeats are refused from now on.
+    pub fn remove_node(&self, node: NodeId) -> FsResult<()> {
+        let health = self.node_health()?;
+        let _guard = self.lock();
+        let Some((state, _)) = health.iter().find(|(n, _)| n.id == node) else {
+            return Err(FsError::NotFound);
+        };
+        if !state.draining && !state.lost {
+            return Err(FsError::Invalid("an active node is drained before it is removed"));
+        }
+        // Under the namespace lock no commit can add a reference meanwhile.
+        for (_, value) in self.scan_all(keys::CHUNK_PREFIX)? {
+            let record = ChunkRecord::decode(&value)?;
+            let holds = record.extents.iter().any(|extent| match &extent.piece.body {
+                PieceBody::Striped { shards, .. } => shards.iter().any(|loc| loc.node == Some(node)),
+                PieceBody::Inline { .. } => false,
+            });
+            if holds {
+                return Err(FsError::NotEmpty);
+            }
+        }
+        let mut batch = Batch::default();
+        for (key, value) in self.scan_all(keys::GC_PREFIX)? {
+            if GcRecord::decode(&value)?.node == node {
+                batch.delete(key);
+            }
+        }
+        batch.delete(keys::node(node));
+        batch.delete(keys::draining(node));
+        batch.put(keys::removed(node), Vec::new());
+        self.kv.write(batch)?;
+        self.kv.sync()?;
+        self.liveness.lock().expect("liveness lock").remove(&node);
+        Ok(())
+    }
+
+    /// Queues shards found on `node` that nothing references for deletion
+    /// (the orphan collector decided; see `repair::pick_orphans`).
+    pub fn queue_orphans(&self, node: NodeId, shards: &[(u128, u8)]) -> FsResult<()> {
+        let _guard = self.lock();
+        let mut txn = Txn::new(self);
+        for &(piece_id, shard_index) in shards {
+            let seq = txn.next(GC_COUNTER)?;
+            let gc = GcRecord {
+                node,
+                piece_id,
+                shard_index,
+                queued: now_ns(),
+            };
+            txn.batch.put(keys::gc(seq), gc.encode());
+        }
+        txn.commit()
     }
 
     pub fn add_suspects(&self, shards: &[ShardRef]) {
@@ -1106,7 +1259,10 @@ impl Meta {
                 txn.batch.put(key, record.encode());
                 for mv in moves {
                     if let Some(from) = mv.from.filter(|from| *from != mv.to) {
-                        queue(&mut txn, from, mv.shard_index)?;
+                        // A removed node's disk has left the cluster: nothing to delete there.
+                        if self.kv.get(&keys::removed(from))?.is_none() {
+                            queue(&mut txn, from, mv.shard_index)?;
+                        }
                     }
                 }
             }
@@ -1330,6 +1486,18 @@ impl Meta {
             // Scrub needs the nodes: the heal service answers it (`heal.rs`).
             MetaRequest::Scrub { .. } => return Err(FsError::Invalid("scrub is answered by the heal service")),
             MetaRequest::ListChunks { after, limit } => MetaResponse::ChunkList(self.list_chunks(after, limit)?),
+            MetaRequest::Members => MetaResponse::Members(self.members()?),
+            MetaRequest::Drain { node } => {
+                self.drain(node)?;
+                tracing::info!(node, "node draining: its shards move to other hosts");
+                MetaResponse::Ok
+            }
+            MetaRequest::RemoveNode { node } => {
+                self.remove_node(node)?;
+                tracing::info!(node, "node removed from the cluster");
+                MetaResponse::Ok
+            }
+            MetaRequest::Draining => MetaResponse::Draining(self.draining_nodes()?),
         })
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sohofs_format::frame::{decode_body, encode_body};
-use sohofs_format::messages::{MetaRequest, NodeRequest, NodeResponse, ShardRef};
+use sohofs_format::messages::{ListedShard, MetaRequest, NodeRequest, NodeResponse, ShardRef, SHARDS_LISTED_MAX};
 use sohofs_format::{NodeId, NodeRecord};
 
 use crate::error::{FsError, FsResult};
@@ -93,6 +93,31 @@ impl NodeHandler {
                         },
                         Bytes::new(),
                     ))
+                }
+                NodeRequest::ListShards { after, limit } => {
+                    // Sorted so that pages follow each other. A page costs a
+                    // listing of the store's folders, and a stat of the
+                    // shards it returns.
+                    let mut keys = store.list()?;
+                    keys.sort();
+                    let limit = limit.clamp(1, SHARDS_LISTED_MAX) as usize;
+                    let mut page = Vec::with_capacity(limit);
+                    for key in keys
+                        .into_iter()
+                        .filter(|key| after.is_none_or(|after| (key.piece_id, key.shard_index) > after))
+                    {
+                        if page.len() == limit {
+                            break;
+                        }
+                        if let Some(age) = store.age(key)? {
+                            page.push(ListedShard {
+                                piece_id: key.piece_id,
+                                shard_index: key.shard_index,
+                                age_s: age.as_secs(),
+                            });
+                        }
+                    }
+                    Ok((NodeResponse::Shards(page), Bytes::new()))
                 }
                 NodeRequest::Scrub { bytes_per_s } => {
                     let rate = if bytes_per_s == 0 {

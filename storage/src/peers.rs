@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sohofs_format::frame::{decode_body, encode_body};
-use sohofs_format::messages::{MetaRequest, MetaResponse, NodeRequest, NodeResponse};
+use sohofs_format::messages::{ListedShard, MetaRequest, MetaResponse, NodeRequest, NodeResponse, SHARDS_LISTED_MAX};
 
 use crate::error::{FsError, FsResult};
 use crate::rpc::{RpcClient, Transport};
@@ -101,6 +101,27 @@ impl NodeClient {
                     .collect(),
             )),
             _ => Err(FsError::Protocol("unexpected answer to Scrub".into())),
+        }
+    }
+
+    /// Every shard the node holds, with its age, page by page.
+    pub async fn list_all_shards(&self) -> FsResult<Vec<ListedShard>> {
+        let mut all: Vec<ListedShard> = Vec::new();
+        loop {
+            let after = all.last().map(|s| (s.piece_id, s.shard_index));
+            let request = NodeRequest::ListShards {
+                after,
+                limit: SHARDS_LISTED_MAX,
+            };
+            match self.call(&request, &[]).await? {
+                (NodeResponse::Shards(page), _) => {
+                    if page.is_empty() {
+                        return Ok(all);
+                    }
+                    all.extend(page);
+                }
+                _ => return Err(FsError::Protocol("unexpected answer to ListShards".into())),
+            }
         }
     }
 

@@ -44,6 +44,14 @@ pub trait ShardStore: Send + Sync + 'static {
     fn stat(&self) -> FsResult<StoreStat>;
     /// Every shard held, in no particular order (for scrub).
     fn list(&self) -> FsResult<Vec<ShardKey>>;
+    /// The time since shard `key` was written (for the orphan collector,
+    /// which keeps young shards: a write in flight); `None` if it is gone.
+    /// A store that cannot tell reports every shard as just written, so
+    /// that nothing of it is ever collected as an orphan.
+    fn age(&self, key: ShardKey) -> FsResult<Option<std::time::Duration>> {
+        let _ = key;
+        Ok(Some(std::time::Duration::ZERO))
+    }
 }
 
 /// What one scrub of a store found.
@@ -252,6 +260,20 @@ impl ShardStore for DiskShardStore {
         Ok(keys)
     }
 
+    fn age(&self, key: ShardKey) -> FsResult<Option<std::time::Duration>> {
+        let path = self.path_of(key);
+        match fs::metadata(&path).and_then(|m| m.modified()) {
+            // A clock set back makes a shard look new: kept, never lost.
+            Ok(modified) => Ok(Some(
+                std::time::SystemTime::now()
+                    .duration_since(modified)
+                    .unwrap_or_default(),
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_error("stat shard", &path, e)),
+        }
+    }
+
     fn stat(&self) -> FsResult<StoreStat> {
         let vfs = nix::sys::statvfs::statvfs(&self.root)
             .map_err(|e| FsError::Io(format!("statvfs {}: {e}", self.root.display())))?;
@@ -356,8 +378,15 @@ pub(crate) fn conformance(store: &dyn ShardStore) {
     let mut listed = store.list().unwrap();
     listed.sort();
     assert_eq!(listed, vec![key, other]);
+    // Just written: young (a store that cannot tell says zero).
+    let age = store.age(key).unwrap().expect("a stored shard has an age");
+    assert!(age < std::time::Duration::from_secs(60), "{age:?}");
     store.delete(key).unwrap();
     store.delete(key).unwrap();
+    if store.age(key).unwrap().is_some() {
+        // Only the default (no ages kept) may answer for a missing shard.
+        assert_eq!(store.age(key).unwrap(), Some(std::time::Duration::ZERO));
+    }
     assert_eq!(store.get(key), Err(FsError::NotFound));
     assert_eq!(store.stat().unwrap().shards, 1);
     let outcome = scrub(store, 0).unwrap();

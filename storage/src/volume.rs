@@ -167,6 +167,8 @@ struct Inner {
     session: u64,
     transport: Transport,
     nodes: StdMutex<HashMap<NodeId, NodeEntry>>,
+    /// Nodes being drained: read from, never written to.
+    draining: StdMutex<HashSet<NodeId>>,
     files: StdMutex<HashMap<Ino, Arc<OpenFile>>>,
     cache: StdMutex<lru::LruCache<ChunkKey, Arc<CachedChunk>>>,
     /// One lock per chunk being decoded, so that a reader and the read-ahead
@@ -222,6 +224,7 @@ impl Volume {
             session: rand::random(),
             transport,
             nodes: StdMutex::new(HashMap::new()),
+            draining: StdMutex::new(HashSet::new()),
             files: StdMutex::new(HashMap::new()),
             cache: StdMutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(CHUNK_CACHE_ENTRIES_MAX).expect("non-zero cache size"),
@@ -253,6 +256,11 @@ impl Volume {
     /// changed (a node restarted elsewhere).
     pub async fn refresh_nodes(&self) -> FsResult<bool> {
         let statuses = self.nodes().await?;
+        let draining = match self.inner.meta.call(&MetaRequest::Draining).await? {
+            MetaResponse::Draining(ids) => ids.into_iter().collect(),
+            _ => return Err(FsError::Protocol("meta answered Draining with something else".into())),
+        };
+        *self.inner.draining.lock().expect("draining set lock") = draining;
         let mut nodes = self.inner.nodes.lock().expect("node table lock");
         let mut moved = false;
         for status in statuses {
@@ -958,10 +966,13 @@ impl Volume {
         })
     }
 
+    /// The nodes as placement sees them: a draining node takes no shard.
     fn node_views(&self) -> Vec<NodeView> {
+        let draining = self.inner.draining.lock().expect("draining set lock").clone();
         let nodes = self.inner.nodes.lock().expect("node table lock");
         nodes
             .values()
+            .filter(|e| !draining.contains(&e.status.record.id))
             .map(|e| NodeView {
                 id: e.status.record.id,
                 host: e.status.record.host.clone(),
@@ -1551,6 +1562,10 @@ fn changes_volume(request: &MetaRequest) -> bool {
         | MetaRequest::Status
         | MetaRequest::Sync
         | MetaRequest::Rebuild
+        | MetaRequest::Members
+        | MetaRequest::Drain { .. }
+        | MetaRequest::RemoveNode { .. }
+        | MetaRequest::Draining
         | MetaRequest::ReportCorrupt { .. }
         | MetaRequest::Scrub { .. }
         | MetaRequest::ListChunks { .. } => false,

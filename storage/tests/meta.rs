@@ -1183,6 +1183,7 @@ fn grace_period_separates_down_from_lost(backend: Backend) {
     let meta = store.open(Duration::from_millis(200)).with_heal(HealSettings {
         grace_period: grace,
         rebuild_bytes_per_s: 1,
+        ..HealSettings::default()
     });
     let node = |id: NodeId| NodeRecord {
         id,
@@ -1221,8 +1222,92 @@ fn grace_period_separates_down_from_lost(backend: Backend) {
     let meta = store.open(Duration::from_millis(200)).with_heal(HealSettings {
         grace_period: grace,
         rebuild_bytes_per_s: 1,
+        ..HealSettings::default()
     });
     assert_eq!(state(&meta), vec![(1, false, false), (2, false, false)]);
+}
+
+/// A drained node leaves the registry only once no record names it; its
+/// queued deletions go with it, and its heartbeats are refused from then on.
+fn remove_node_waits_for_the_drain(backend: Backend) {
+    let store = Store::new(backend);
+    let meta = store.open(DOWN_AFTER);
+    let node = |id: NodeId| NodeRecord {
+        id,
+        addr: format!("127.0.0.1:{}", 9000 + id),
+        host: format!("host-{id}"),
+        capacity_bytes: 1 << 30,
+        free_bytes: 1 << 29,
+        used_bytes: 0,
+        shards: 0,
+    };
+    for id in 1..=7 {
+        meta.heartbeat(&node(id)).unwrap();
+    }
+    assert_eq!(meta.drain(9), Err(FsError::NotFound));
+    assert_eq!(meta.remove_node(9), Err(FsError::NotFound));
+    // Node 5 holds nothing yet, but an active node may be taking a write's
+    // shard right now: it is drained first.
+    assert!(matches!(meta.remove_node(5), Err(FsError::Invalid(_))));
+    let f = file(&meta, ROOT_INO, "f");
+    commit(
+        &meta,
+        f.ino,
+        vec![replace(0, striped(1, 0, CHUNK_BYTES, &ALL_NODES))],
+        65536,
+    );
+    meta.drain(3).unwrap();
+    assert_eq!(meta.draining_nodes().unwrap(), vec![3]);
+    let health: Vec<(NodeId, bool)> = meta
+        .node_health()
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| (n.id, n.draining))
+        .collect();
+    assert_eq!(health[2], (3, true));
+    assert_eq!(meta.remove_node(3), Err(FsError::NotEmpty), "a record names node 3");
+    let member = |meta: &Meta, id: NodeId| meta.members().unwrap().into_iter().find(|m| m.record.id == id);
+    let three = member(&meta, 3).unwrap();
+    assert_eq!(
+        (three.draining, three.shards_referenced, three.shards_queued_for_gc),
+        (true, 1, 0)
+    );
+    // The heal service moved the shard to node 7: the old one is queued.
+    let moved = [ShardMove {
+        shard_index: 2,
+        from: Some(3),
+        to: 7,
+    }];
+    assert!(meta.commit_repair(f.ino, 0, 1, &moved).unwrap());
+    let three = member(&meta, 3).unwrap();
+    assert_eq!((three.shards_referenced, three.shards_queued_for_gc), (0, 1));
+    assert_eq!(member(&meta, 7).unwrap().shards_referenced, 1);
+    meta.remove_node(3).unwrap();
+    assert!(member(&meta, 3).is_none());
+    assert!(meta.draining_nodes().unwrap().is_empty());
+    assert!(queued(&meta, 1).is_empty(), "the removed node's deletions are dropped");
+    assert!(meta.heartbeat(&node(3)).is_err(), "a removed node does not come back");
+    assert!(member(&meta, 3).is_none());
+    // Node 4 was never drained: refused; drained but still named: refused.
+    assert!(matches!(meta.remove_node(4), Err(FsError::Invalid(_))));
+    meta.drain(4).unwrap();
+    assert_eq!(meta.remove_node(4), Err(FsError::NotEmpty));
+    // A write that chose node 3 before it was removed commits late: healing
+    // rebuilds that shard elsewhere and queues no deletion on the gone node.
+    let g = file(&meta, ROOT_INO, "g");
+    commit(
+        &meta,
+        g.ino,
+        vec![replace(0, striped(2, 0, CHUNK_BYTES, &ALL_NODES))],
+        65536,
+    );
+    let rebuilt = [ShardMove {
+        shard_index: 2,
+        from: Some(3),
+        to: 7,
+    }];
+    assert!(meta.commit_repair(g.ino, 0, 2, &rebuilt).unwrap());
+    assert!(queued(&meta, 2).is_empty());
 }
 
 macro_rules! both_stores {
@@ -1261,4 +1346,5 @@ both_stores!(
     status_counts_with_node_liveness,
     commit_repair_moves_shards_or_drops_a_raced_repair,
     grace_period_separates_down_from_lost,
+    remove_node_waits_for_the_drain,
 );
