@@ -139,8 +139,13 @@ struct Report {
     m: u8,
     mib: u64,
     client: &'static str,
+    grace_period_s: u64,
+    /// 0: no limit.
+    rebuild_bytes_per_s: u64,
+    rebuild_method: &'static str,
     disk_full_method: &'static str,
     network_cut_method: &'static str,
+    scrub_method: &'static str,
     rows: Vec<Row>,
 }
 
@@ -186,9 +191,15 @@ pub async fn run(verb: BenchVerb) -> Result<()> {
         m: M,
         mib,
         client: "in-process volume API (no FUSE)",
+        grace_period_s: GRACE_PERIOD_S,
+        rebuild_bytes_per_s: REBUILD_BYTES_PER_S,
+        rebuild_method: "node 3 SIGKILLed; once status --json shows it lost, a spare 7th node (host local-7) is \
+                         started, as there is no free host among six for width 6; run after every other row; \
+                         timed from the loss seen to zero degraded chunks",
         disk_full_method: "tmpfs data folders on nodes 5 and 6, filled with a file until ENOSPC",
         network_cut_method: "failpoints rpc.serve and node.heartbeat armed in node 4 through SOHOFS_FAILPOINTS_FILE: \
                              every connection closed unanswered, no heartbeats",
+        scrub_method: "`sohofs scrub --now --json` run twice after one of the two corrupted files was read",
         rows,
     };
     print_table(&report);
