@@ -102,6 +102,9 @@ const CORRUPTED_NODES: [u64; 2] = [1, 2];
 /// The node the rebuild row kills, and the spare it starts for its shards.
 const REBUILT_NODE: u64 = 3;
 const SPARE_NODE: u64 = 7;
+/// Where the rebuild row, run last, goes in the table: after the reads,
+/// where the issue lists it.
+const REBUILD_ROW: usize = 4;
 /// How often the rebuild row asks `sohofs status --json`.
 const STATUS_POLL_INTERVAL: Duration = Duration::from_millis(250);
 const CHART_FILE: &str = "faults.png";
@@ -373,13 +376,12 @@ async fn scenarios(cluster: &mut BenchCluster, mib: u64, rebuild_timeout: Durati
     files.extend(written);
     step(&row, &mut rows);
 
-    // Last, because its spare node 7 would change every row after it; shown
-    // in the table where the issue lists it.
+    // Last, because its spare node 7 would change every row after it.
     progress.set_message("rebuild of a killed node onto a spare");
     let row = rebuild(cluster, rebuild_timeout, &files).await?;
     step(&row, &mut rows);
     let last = rows.pop().expect("the rebuild row was just pushed");
-    rows.insert(4, last);
+    rows.insert(REBUILD_ROW.min(rows.len()), last);
     progress.finish_and_clear();
     Ok(rows)
 }
@@ -875,7 +877,9 @@ struct BenchCluster {
 }
 
 impl BenchCluster {
-    fn prepare(dir: &Path, mib: u64) -> Result<BenchCluster> {
+    /// Makes the cluster's folder and `sohofs.toml` as `sohofs up
+    /// --grace-period 5` would, without a rebuild bandwidth limit.
+    fn configure(dir: &Path) -> Result<(PathBuf, ClusterConfig)> {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
         let dir = std::fs::canonicalize(dir)?;
         let args = UpArgs {
@@ -890,6 +894,11 @@ impl BenchCluster {
         let mut config = up::prepare(&args, &dir)?;
         config.heal.rebuild_bytes_per_s = REBUILD_BYTES_PER_S;
         config.save(&dir.join(CONFIG_FILE))?;
+        Ok((dir, config))
+    }
+
+    fn prepare(dir: &Path, mib: u64) -> Result<BenchCluster> {
+        let (dir, config) = BenchCluster::configure(dir)?;
         let mut cluster = BenchCluster {
             config_path: dir.join(CONFIG_FILE),
             failpoints_file: dir.join("failpoints"),
@@ -1157,6 +1166,20 @@ mod tests {
         draw_chart(&rows, &path).unwrap();
         let png = std::fs::read(&path).unwrap();
         assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    }
+
+    #[test]
+    fn the_cluster_runs_with_a_short_grace_period_and_no_rebuild_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (dir, config) = BenchCluster::configure(&dir.path().join("cluster")).unwrap();
+        let args = up::meta_args(&config, &dir);
+        let value = |flag: &str| args.iter().position(|a| a == flag).map(|i| args[i + 1].clone());
+        assert_eq!(value("--grace-period"), Some(GRACE_PERIOD_S.to_string()));
+        assert_eq!(value("--rebuild-bytes-per-s"), Some("0".to_string()));
+        // What meta is given is what the config on disk says.
+        let saved = ClusterConfig::load(&dir.join(CONFIG_FILE)).unwrap();
+        assert_eq!(saved.heal.grace_period_s, GRACE_PERIOD_S);
+        assert_eq!(saved.heal.rebuild_bytes_per_s, REBUILD_BYTES_PER_S);
     }
 
     #[test]
