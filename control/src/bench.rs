@@ -1,20 +1,22 @@
 //! `sohofs bench faults`: the fault-injection benchmark.
 //!
 //! It starts its own 6-node 4+2 cluster the way `sohofs up` does (one meta
-//! and six node processes of this binary, under a scratch folder; nodes 5
-//! and 6 keep their shards on small tmpfs mounts so that their disks can
-//! really fill up), drives it with an in-process client (the volume API,
-//! without FUSE), injects faults and checks every byte read back:
+//! and six node processes of this binary with the arguments `up` gives
+//! them, under a scratch folder; nodes 5 and 6 keep their shards on small
+//! tmpfs mounts so that their disks can really fill up), with a grace
+//! period of [`GRACE_PERIOD_S`] and no rebuild bandwidth limit. It drives the
+//! cluster with an in-process client (the volume API, without FUSE), injects
+//! faults and checks every byte read back:
 //!
 //! | scenario | fault | how |
 //! |---|---|---|
 //! | healthy write / read | none | sequential 1 MiB writes, fsync; read by a fresh client |
 //! | read, 1 / 2 nodes killed | node processes SIGKILLed | read by a fresh client |
-//! | rebuild | a node killed | only when `status --json` has `volume.rebuild` |
+//! | rebuild | node 3 SIGKILLed; once meta shows it lost, a spare node 7 is started (6 hosts for width 6 leave no free host) | runs last, so that node 7 changes no other row; timed to zero degraded chunks; then read with node 3 down, and with nodes 1 and 2 killed too |
 //! | SIGKILL during writes | node 3 SIGKILLed halfway | fsync every 4 MiB; what was fsynced must read back |
 //! | disk full | tmpfs of node 5 filled, then node 6's | writes go on at 5 shards; ENOSPC only with 4 hosts left (< quorum 5) |
 //! | network cut | failpoints `rpc.serve` + `node.heartbeat` in node 4 | connections closed unanswered, no heartbeats |
-//! | corruption | a payload byte flipped in every shard of a file on m=2 nodes | reads fall back to parity; nodes log each detection |
+//! | corruption | a payload byte flipped in every shard of two files on m=2 nodes | one file is read (reads fall back to parity; nodes log each detection); then `sohofs scrub --now` twice |
 //!
 //! It prints a table, writes `faults.json` and draws `faults.png` in the
 //! output folder.
@@ -23,7 +25,7 @@ use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
@@ -35,7 +37,7 @@ use sohofs_storage::volume::{Ino, Volume, ROOT_INO};
 use sohofs_storage::FsError;
 use tokio::process::{Child, Command};
 
-use crate::config::{ClusterConfig, CONFIG_FILE};
+use crate::config::{ClusterConfig, NodeSection, CONFIG_FILE};
 use crate::up::{self, UpArgs};
 
 #[derive(Subcommand)]
@@ -74,6 +76,14 @@ struct FaultsConfig {
 }
 
 const NODES: u32 = 6;
+/// Seconds of silence before meta rebuilds a node's shards elsewhere: short,
+/// so that the rebuild starts within the benchmark. Nodes are shown down
+/// after 5 s anyway (`NODE_DOWN_AFTER_DEFAULT`), and with six hosts for six
+/// shards a stripe a lost node's shards have nowhere else to go, so it
+/// changes no row but the rebuild (which adds a seventh host).
+const GRACE_PERIOD_S: u64 = 5;
+/// The rebuild bandwidth limit (0: none), to time the rebuild itself.
+const REBUILD_BYTES_PER_S: u64 = 0;
 const K: u8 = 4;
 const M: u8 = 2;
 const MIB_DEFAULT: u64 = 256;
@@ -89,6 +99,14 @@ const KILLED_FOR_READS: [u64; 2] = [1, 2];
 const KILLED_DURING_WRITES: u64 = 3;
 const CUT_OFF: u64 = 4;
 const CORRUPTED_NODES: [u64; 2] = [1, 2];
+/// The node the rebuild row kills, and the spare it starts for its shards.
+const REBUILT_NODE: u64 = 3;
+const SPARE_NODE: u64 = 7;
+/// Where the rebuild row, run last, goes in the table: after the reads,
+/// where the issue lists it.
+const REBUILD_ROW: usize = 4;
+/// How often the rebuild row asks `sohofs status --json`.
+const STATUS_POLL_INTERVAL: Duration = Duration::from_millis(250);
 const CHART_FILE: &str = "faults.png";
 const JSON_FILE: &str = "faults.json";
 
@@ -124,8 +142,13 @@ struct Report {
     m: u8,
     mib: u64,
     client: &'static str,
+    grace_period_s: u64,
+    /// 0: no limit.
+    rebuild_bytes_per_s: u64,
+    rebuild_method: &'static str,
     disk_full_method: &'static str,
     network_cut_method: &'static str,
+    scrub_method: &'static str,
     rows: Vec<Row>,
 }
 
@@ -171,9 +194,15 @@ pub async fn run(verb: BenchVerb) -> Result<()> {
         m: M,
         mib,
         client: "in-process volume API (no FUSE)",
+        grace_period_s: GRACE_PERIOD_S,
+        rebuild_bytes_per_s: REBUILD_BYTES_PER_S,
+        rebuild_method: "node 3 SIGKILLed; once status --json shows it lost, a spare 7th node (host local-7) is \
+                         started, as there is no free host among six for width 6; run after every other row; \
+                         timed from the loss seen to zero degraded chunks",
         disk_full_method: "tmpfs data folders on nodes 5 and 6, filled with a file until ENOSPC",
         network_cut_method: "failpoints rpc.serve and node.heartbeat armed in node 4 through SOHOFS_FAILPOINTS_FILE: \
                              every connection closed unanswered, no heartbeats",
+        scrub_method: "`sohofs scrub --now --json` run twice after one of the two corrupted files was read",
         rows,
     };
     print_table(&report);
@@ -319,10 +348,6 @@ async fn scenarios(cluster: &mut BenchCluster, mib: u64, rebuild_timeout: Durati
     }
     cluster.wait_nodes(NODES as usize).await?;
 
-    progress.set_message("rebuild");
-    let row = rebuild(cluster, rebuild_timeout).await?;
-    step(&row, &mut rows);
-
     progress.set_message("SIGKILL of a node during writes");
     let (row, file) = kill_during_writes(cluster, mib / 2).await?;
     files.extend(file);
@@ -342,55 +367,101 @@ async fn scenarios(cluster: &mut BenchCluster, mib: u64, rebuild_timeout: Durati
     files.extend(written);
     step(&row, &mut rows);
 
-    progress.set_message("corrupt shards on m nodes");
-    let row = corruption(cluster, mib / 4).await?;
+    progress.set_message("corrupt shards on m nodes, scrub");
+    // Background repairs of the stripes written degraded above would touch
+    // the shards this row picks out; let them finish (the row's own checks
+    // judge the outcome either way).
+    cluster.settle(rebuild_timeout).await?;
+    let (row, written) = corruption(cluster, mib / 4).await?;
+    files.extend(written);
     step(&row, &mut rows);
+
+    // Last, because its spare node 7 would change every row after it.
+    progress.set_message("rebuild of a killed node onto a spare");
+    let row = rebuild(cluster, rebuild_timeout, &files).await?;
+    step(&row, &mut rows);
+    let last = rows.pop().expect("the rebuild row was just pushed");
+    rows.insert(REBUILD_ROW.min(rows.len()), last);
     progress.finish_and_clear();
     Ok(rows)
 }
 
-/// Kills a node and times the cluster's own rebuild, when it has one.
-async fn rebuild(cluster: &mut BenchCluster, timeout: Duration) -> Result<Row> {
+/// Kills node 3, starts a spare node 7 once meta shows node 3 lost (with
+/// six hosts and six shards per stripe there is no other host to rebuild
+/// on), and times the cluster's own rebuild to zero degraded chunks. Then
+/// reads every file with node 3 down, and again with nodes 1 and 2 killed
+/// too, so that every stripe needs its shard on node 7.
+async fn rebuild(cluster: &mut BenchCluster, timeout: Duration, files: &[Written]) -> Result<Row> {
     let mut row = Row::new("rebuild of a killed node");
-    let status = cluster.status_json().await?;
-    if status["volume"].get("rebuild").is_none() {
-        row.detail = "not available: this build's `status --json` has no volume.rebuild".into();
+    let Some(settled) = cluster.settle(timeout).await? else {
+        row.ok = Some(false);
+        row.detail = format!("not run: degraded chunks left from earlier rows after {timeout:?}");
         return Ok(row);
-    }
-    let victim = KILLED_DURING_WRITES;
-    let used_bytes = status["nodes"]
-        .as_array()
-        .and_then(|nodes| nodes.iter().find(|n| n["id"] == victim))
-        .and_then(|n| n["used_bytes"].as_u64())
-        .unwrap_or(0);
-    cluster.kill_node(victim).await?;
-    let started = Instant::now();
-    loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let (victim_shards, victim_bytes) = cluster.shard_bytes(REBUILT_NODE);
+    cluster.kill_node(REBUILT_NODE).await?;
+    let killed = Instant::now();
+    let lost_after = loop {
         let status = cluster.status_json().await?;
-        let volume = &status["volume"];
-        let left = volume["rebuild"]["chunks_left"].as_u64().unwrap_or(0);
-        if volume["chunks_degraded"].as_u64() == Some(0) && left == 0 && started.elapsed() > Duration::from_secs(2) {
-            break;
+        let lost = status["nodes"]
+            .as_array()
+            .and_then(|nodes| nodes.iter().find(|n| n["id"] == REBUILT_NODE))
+            .is_some_and(|n| n["lost"] == true);
+        if lost {
+            break killed.elapsed();
         }
-        if started.elapsed() > timeout {
+        if killed.elapsed() > timeout {
             row.ok = Some(false);
-            row.detail = format!("not done after {timeout:?}: {volume}");
-            cluster.start_node(victim).await?;
-            cluster.wait_nodes(NODES as usize).await?;
+            row.detail = format!("node {REBUILT_NODE} not shown lost {timeout:?} after the kill");
             return Ok(row);
         }
+        tokio::time::sleep(STATUS_POLL_INTERVAL).await;
+    };
+    cluster.add_spare_node(SPARE_NODE).await?;
+    let spare_up_after = killed.elapsed();
+    let done_after = loop {
+        tokio::time::sleep(STATUS_POLL_INTERVAL).await;
+        let status = cluster.status_json().await?;
+        let volume = &status["volume"];
+        if volume["chunks_degraded"].as_u64() == Some(0) && volume["rebuild"]["chunks_left"].as_u64() == Some(0) {
+            break killed.elapsed();
+        }
+        if killed.elapsed() > timeout {
+            row.ok = Some(false);
+            row.detail = format!("not done {timeout:?} after the kill: {volume}");
+            return Ok(row);
+        }
+    };
+    // Taken at once: rebalancing toward node 7 may start with the next
+    // repair pass, 2 s after the last one.
+    let (spare_shards, spare_bytes) = cluster.shard_bytes(SPARE_NODE);
+    let rebuilding = done_after - lost_after;
+    let one_down = all_intact(cluster, files).await?;
+    for id in KILLED_FOR_READS {
+        cluster.kill_node(id).await?;
     }
-    let elapsed = started.elapsed();
-    row.seconds = Some(elapsed.as_secs_f64());
-    row.mb_per_s = Some(mb_per_s(used_bytes, elapsed));
-    row.ok = Some(true);
+    let three_down = all_intact(cluster, files).await?;
+    row.seconds = Some(rebuilding.as_secs_f64());
+    row.mb_per_s = Some(mb_per_s(spare_bytes, rebuilding));
+    row.ok = Some(one_down && three_down && spare_shards > 0);
+    let mib_of = |bytes: u64| bytes as f64 / (1 << 20) as f64;
     row.detail = format!(
-        "{:.1} MiB of node {victim}'s shards, from the kill (grace period included) to zero degraded chunks",
-        used_bytes as f64 / (1 << 20) as f64
+        "node {REBUILT_NODE} ({victim_shards} shard files, {:.1} MiB) SIGKILLed; shown lost {:.1} s later (grace \
+         period {GRACE_PERIOD_S} s); then a spare node {SPARE_NODE} started (up at {:.1} s); {spare_shards} shards \
+         ({:.1} MiB) rebuilt onto it, zero degraded chunks {:.1} s after the loss was seen, {:.1} s after the kill \
+         (MB/s and s: from the loss seen to zero degraded; rebuild bandwidth unlimited); every file {} with node \
+         {REBUILT_NODE} down, {} with nodes 1 and 2 killed too (nodes 4-7 only); waited {:.1} s before the kill for \
+         zero degraded chunks",
+        mib_of(victim_bytes),
+        lost_after.as_secs_f64(),
+        spare_up_after.as_secs_f64(),
+        mib_of(spare_bytes),
+        rebuilding.as_secs_f64(),
+        done_after.as_secs_f64(),
+        if one_down { "byte-exact" } else { "NOT INTACT" },
+        if three_down { "byte-exact" } else { "NOT INTACT" },
+        settled.as_secs_f64(),
     );
-    cluster.start_node(victim).await?;
-    cluster.wait_nodes(NODES as usize).await?;
     Ok(row)
 }
 
@@ -574,34 +645,88 @@ async fn network_cut(cluster: &mut BenchCluster, blocks: u64, earlier: &[Written
     Ok((row, written))
 }
 
-/// Flips a payload byte of every shard of a new file on m nodes, then reads
-/// the file with a fresh client.
-async fn corruption(cluster: &mut BenchCluster, blocks: u64) -> Result<Row> {
-    let mut row = Row::new("corrupt shards on m=2 nodes per stripe");
-    // File times come from a coarse clock that may lag by a tick.
-    let since = SystemTime::now() - Duration::from_millis(50);
-    let (file, _) = write_file(&cluster.client().await?, "corrupted.bin", 7, blocks)
-        .await
-        .context("write the file to corrupt")?;
-    let logged_before: usize = CORRUPTED_NODES.iter().map(|id| cluster.hash_failures_logged(*id)).sum();
-    let mut corrupted = 0usize;
+/// Flips a payload byte in every shard of `file` on the m corrupted nodes
+/// (the shards in `new`, the node's shard files the file's write added);
+/// returns each corrupted file with the offset and value of its flipped byte.
+fn corrupt(new: &BTreeMap<u64, Vec<PathBuf>>) -> Result<Vec<Flipped>> {
+    let mut corrupted = Vec::new();
     for id in CORRUPTED_NODES {
-        for path in cluster.shard_paths(id) {
-            let modified = std::fs::metadata(&path).and_then(|m| m.modified());
-            if modified.map_or(true, |m| m < since) {
-                continue;
-            }
-            let mut bytes = std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
+        for path in new.get(&id).into_iter().flatten() {
+            let mut bytes = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
             let at = sohofs_format::SHARD_HEADER_BYTES + (bytes.len() - sohofs_format::SHARD_HEADER_BYTES) / 2;
             if at < bytes.len() {
                 bytes[at] ^= 0x40;
-                std::fs::write(&path, &bytes).with_context(|| format!("write {}", path.display()))?;
-                corrupted += 1;
+                std::fs::write(path, &bytes).with_context(|| format!("write {}", path.display()))?;
+                corrupted.push(Flipped {
+                    path: path.clone(),
+                    at,
+                    value: bytes[at],
+                });
             }
         }
     }
+    Ok(corrupted)
+}
+
+/// A byte the benchmark flipped in a shard file.
+#[derive(Clone)]
+struct Flipped {
+    path: PathBuf,
+    at: usize,
+    value: u8,
+}
+
+/// How many of the corrupted shard files still hold their flipped byte (a
+/// repair rewrites the shard in place).
+fn still_corrupt(corrupted: &[Flipped]) -> usize {
+    corrupted
+        .iter()
+        .filter(|f| std::fs::read(&f.path).is_ok_and(|bytes| bytes.get(f.at) == Some(&f.value)))
+        .count()
+}
+
+/// Writes a file and returns it with the shard files its write added on
+/// each corrupted node.
+async fn write_tracked(
+    cluster: &BenchCluster,
+    name: &str,
+    seed: u64,
+    blocks: u64,
+) -> Result<(Written, BTreeMap<u64, Vec<PathBuf>>)> {
+    let before: BTreeMap<u64, std::collections::BTreeSet<PathBuf>> = CORRUPTED_NODES
+        .iter()
+        .map(|id| (*id, cluster.shard_paths(*id).into_iter().collect()))
+        .collect();
+    let (file, _) = write_file(&cluster.client().await?, name, seed, blocks)
+        .await
+        .with_context(|| format!("write {name}"))?;
+    let new = CORRUPTED_NODES
+        .iter()
+        .map(|id| {
+            let paths = cluster
+                .shard_paths(*id)
+                .into_iter()
+                .filter(|path| !before[id].contains(path))
+                .collect();
+            (*id, paths)
+        })
+        .collect();
+    Ok((file, new))
+}
+
+/// Flips a payload byte of every shard of two new files on m nodes; reads
+/// the first with a fresh client (reads detect what they fetch), then runs
+/// `sohofs scrub --now` twice: the first must find and repair every shard
+/// still corrupt (all of the second file's), the second must find none.
+async fn corruption(cluster: &mut BenchCluster, blocks: u64) -> Result<(Row, Vec<Written>)> {
+    let mut row = Row::new("corrupt shards on m=2 nodes per stripe");
+    let (read_first, read_shards) = write_tracked(cluster, "corrupted-read.bin", 7, blocks).await?;
+    let (scrub_file, scrub_shards) = write_tracked(cluster, "corrupted-scrub.bin", 8, blocks).await?;
+    let logged_before: usize = CORRUPTED_NODES.iter().map(|id| cluster.hash_failures_logged(*id)).sum();
+    let corrupted_read = corrupt(&read_shards)?;
+    let corrupted_scrub = corrupt(&scrub_shards)?;
     let volume = cluster.client().await?;
-    let outcome = read_file(&volume, file).await;
+    let outcome = read_file(&volume, read_first).await;
     // Nodes log each shard that fails its hash when read.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let detected = CORRUPTED_NODES
@@ -609,24 +734,58 @@ async fn corruption(cluster: &mut BenchCluster, blocks: u64) -> Result<Row> {
         .map(|id| cluster.hash_failures_logged(*id))
         .sum::<usize>()
         - logged_before;
-    match outcome {
-        Ok((exact, elapsed)) => {
-            row.mb_per_s = Some(mb_per_s(blocks * BLOCK_BYTES as u64, elapsed));
-            row.seconds = Some(elapsed.as_secs_f64());
-            row.ok = Some(exact && corrupted > 0 && detected > 0);
-            row.detail = format!(
-                "{corrupted} shards corrupted, {detected} detected by reads (a read fetches a parity shard only \
-                 in place of a bad data shard, so corrupt parity may go unseen); data read {}; repaired: not \
-                 available (scrub is not in this build)",
-                if exact { "byte-exact" } else { "WRONG" }
-            );
-        }
+    let (exact, elapsed) = match outcome {
+        Ok(outcome) => outcome,
         Err(error) => {
             row.ok = Some(false);
-            row.detail = format!("{corrupted} shards corrupted; the read failed: {error}");
+            row.detail = format!(
+                "{} shards corrupted; the read failed: {error}",
+                corrupted_read.len() + corrupted_scrub.len()
+            );
+            return Ok((row, Vec::new()));
         }
-    }
-    Ok(row)
+    };
+    let all: Vec<Flipped> = corrupted_read.iter().chain(&corrupted_scrub).cloned().collect();
+    let left_before_scrub = still_corrupt(&all);
+    let started = Instant::now();
+    let first = cluster.scrub().await?;
+    let scrub_time = started.elapsed();
+    let second = cluster.scrub().await?;
+    let left_after = still_corrupt(&all);
+    let reread = all_intact(cluster, &[read_first, scrub_file]).await?;
+    let count = |report: &serde_json::Value, field: &str| report[field].as_u64().unwrap_or(u64::MAX);
+    let (found, repaired, unreferenced) = (
+        count(&first, "shards_corrupt"),
+        count(&first, "shards_repaired"),
+        count(&first, "shards_unreferenced"),
+    );
+    row.mb_per_s = Some(mb_per_s(blocks * BLOCK_BYTES as u64, elapsed));
+    row.seconds = Some(elapsed.as_secs_f64());
+    row.ok = Some(
+        exact
+            && detected > 0
+            && found >= corrupted_scrub.len() as u64
+            && repaired + unreferenced == found
+            && count(&second, "shards_corrupt") == 0
+            && left_after == 0
+            && reread,
+    );
+    row.detail = format!(
+        "{} + {} shards corrupted in two {blocks} MiB files; reading the first: data {}, {detected} bad shards \
+         reported by the nodes (MB/s and s: this read); {left_before_scrub} of the {} still corrupt on disk when \
+         the scrub started; `scrub --now`: {} shards checked, \
+         {found} corrupt, {repaired} repaired, {unreferenced} unreferenced, in {:.1} s; second scrub: {} corrupt; \
+         {left_after} corrupted shard files left; both files then read {}",
+        corrupted_read.len(),
+        corrupted_scrub.len(),
+        if exact { "byte-exact" } else { "WRONG" },
+        all.len(),
+        count(&first, "shards_checked"),
+        scrub_time.as_secs_f64(),
+        count(&second, "shards_corrupt"),
+        if reread { "byte-exact" } else { "NOT INTACT" },
+    );
+    Ok((row, vec![read_first, scrub_file]))
 }
 
 fn print_table(report: &Report) {
@@ -715,13 +874,12 @@ struct BenchCluster {
     nodes: BTreeMap<u64, Child>,
     tmpfs: Vec<PathBuf>,
     tmpfs_ok: bool,
-    /// `--grace-period` of a meta that has one (healing), so that a rebuild
-    /// starts within the benchmark.
-    meta_extra_args: Vec<String>,
 }
 
 impl BenchCluster {
-    fn prepare(dir: &Path, mib: u64) -> Result<BenchCluster> {
+    /// Makes the cluster's folder and `sohofs.toml` as `sohofs up
+    /// --grace-period 5` would, without a rebuild bandwidth limit.
+    fn configure(dir: &Path) -> Result<(PathBuf, ClusterConfig)> {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
         let dir = std::fs::canonicalize(dir)?;
         let args = UpArgs {
@@ -731,9 +889,16 @@ impl BenchCluster {
             write_quorum: None,
             dir: dir.clone(),
             mount: dir.join("unused-mount"),
-            grace_period: None,
+            grace_period: Some(GRACE_PERIOD_S),
         };
-        let config = up::prepare(&args, &dir)?;
+        let mut config = up::prepare(&args, &dir)?;
+        config.heal.rebuild_bytes_per_s = REBUILD_BYTES_PER_S;
+        config.save(&dir.join(CONFIG_FILE))?;
+        Ok((dir, config))
+    }
+
+    fn prepare(dir: &Path, mib: u64) -> Result<BenchCluster> {
+        let (dir, config) = BenchCluster::configure(dir)?;
         let mut cluster = BenchCluster {
             config_path: dir.join(CONFIG_FILE),
             failpoints_file: dir.join("failpoints"),
@@ -743,7 +908,6 @@ impl BenchCluster {
             nodes: BTreeMap::new(),
             tmpfs: Vec::new(),
             tmpfs_ok: true,
-            meta_extra_args: Vec::new(),
         };
         std::fs::write(&cluster.failpoints_file, "")?;
         // Room for the node's share of everything the benchmark writes
@@ -805,34 +969,9 @@ impl BenchCluster {
     }
 
     async fn start(&mut self) -> Result<()> {
-        let help = std::process::Command::new(std::env::current_exe()?)
-            .args(["meta", "serve", "--help"])
-            .output()
-            .context("ask meta for its options")?;
-        if String::from_utf8_lossy(&help.stdout).contains("--grace-period") {
-            self.meta_extra_args = vec!["--grace-period".into(), "5".into()];
-        }
-        let volume = &self.config.volume;
         let meta_addr = self.config.meta[0].clone();
-        let mut args: Vec<String> = vec![
-            "meta".into(),
-            "serve".into(),
-            "--dir".into(),
-            self.dir.join("meta").display().to_string(),
-            "--listen".into(),
-            meta_addr.clone(),
-            "--k".into(),
-            volume.k.to_string(),
-            "--m".into(),
-            volume.m.to_string(),
-            "--write-quorum".into(),
-            volume.write_quorum.to_string(),
-            "--chunk-bytes".into(),
-            volume.chunk_bytes.to_string(),
-        ];
-        args.extend(self.meta_extra_args.clone());
         let log = self.dir.join("meta/meta.log");
-        let mut meta = self.spawn(&args, &log)?;
+        let mut meta = self.spawn(&up::meta_args(&self.config, &self.dir), &log)?;
         up::wait_for_port(&meta_addr, &mut meta, "meta", &log).await?;
         self.meta = Some(meta);
         for id in 1..=NODES as u64 {
@@ -849,25 +988,29 @@ impl BenchCluster {
             .find(|n| n.id == id)
             .context("no such node")?
             .clone();
-        let args: Vec<String> = vec![
-            "node".into(),
-            "serve".into(),
-            "--id".into(),
-            id.to_string(),
-            "--dir".into(),
-            self.node_data(id).display().to_string(),
-            "--listen".into(),
-            node.listen.clone(),
-            "--meta".into(),
-            self.config.meta[0].clone(),
-            "--host".into(),
-            node.host.clone(),
-        ];
-        let mut child = self.spawn(&args, &self.node_dir(id).join("node.log"))?;
         let log = self.node_dir(id).join("node.log");
+        let mut child = self.spawn(&up::node_args(&self.config, &self.dir, &node), &log)?;
         up::wait_for_port(&node.listen, &mut child, &format!("node {id}"), &log).await?;
         self.nodes.insert(id, child);
         Ok(())
+    }
+
+    /// Adds node `id` (host `local-<id>`) to the config, as `sohofs node
+    /// add` does, starts it and waits until meta shows it up.
+    async fn add_spare_node(&mut self, id: u64) -> Result<()> {
+        let section = NodeSection {
+            id,
+            listen: format!("127.0.0.1:{}", up::free_port()?),
+            dir: format!("nodes/{id}"),
+            host: format!("local-{id}"),
+        };
+        std::fs::create_dir_all(self.node_data(id))
+            .with_context(|| format!("create {}", self.node_data(id).display()))?;
+        self.config.nodes.push(section);
+        self.config.save(&self.config_path)?;
+        let up_before = self.client().await?.nodes().await?.iter().filter(|n| n.up).count();
+        self.start_node(id).await?;
+        self.wait_nodes(up_before + 1).await
     }
 
     async fn kill_node(&mut self, id: u64) -> Result<()> {
@@ -928,6 +1071,51 @@ impl BenchCluster {
         self.shard_paths(id).len()
     }
 
+    /// Shard files of a node and their bytes, as on its disk.
+    fn shard_bytes(&self, id: u64) -> (usize, u64) {
+        let paths = self.shard_paths(id);
+        let bytes = paths
+            .iter()
+            .filter_map(|path| std::fs::metadata(path).ok())
+            .map(|m| m.len())
+            .sum();
+        (paths.len(), bytes)
+    }
+
+    /// Waits until `sohofs status --json` shows no degraded chunk and
+    /// nothing left to rebuild; `None` after `timeout`.
+    async fn settle(&self, timeout: Duration) -> Result<Option<Duration>> {
+        let started = Instant::now();
+        loop {
+            let status = self.status_json().await?;
+            let volume = &status["volume"];
+            if volume["chunks_degraded"].as_u64() == Some(0) && volume["rebuild"]["chunks_left"].as_u64() == Some(0) {
+                return Ok(Some(started.elapsed()));
+            }
+            if started.elapsed() > timeout {
+                return Ok(None);
+            }
+            tokio::time::sleep(STATUS_POLL_INTERVAL).await;
+        }
+    }
+
+    /// Runs `sohofs scrub --now --json`; its report. (The command exits 1
+    /// when corrupt shards are left unrepaired; the report says how many.)
+    async fn scrub(&self) -> Result<serde_json::Value> {
+        let output = Command::new(std::env::current_exe()?)
+            .args(["scrub", "--now", "--json", "--config"])
+            .arg(&self.config_path)
+            .output()
+            .await
+            .context("run sohofs scrub")?;
+        serde_json::from_slice(&output.stdout).with_context(|| {
+            format!(
+                "sohofs scrub printed no report: {}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        })
+    }
+
     /// Shards the node has reported failing their hash, from its log.
     fn hash_failures_logged(&self, id: u64) -> usize {
         std::fs::read_to_string(self.node_dir(id).join("node.log"))
@@ -978,6 +1166,20 @@ mod tests {
         draw_chart(&rows, &path).unwrap();
         let png = std::fs::read(&path).unwrap();
         assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    }
+
+    #[test]
+    fn the_cluster_runs_with_a_short_grace_period_and_no_rebuild_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (dir, config) = BenchCluster::configure(&dir.path().join("cluster")).unwrap();
+        let args = up::meta_args(&config, &dir);
+        let value = |flag: &str| args.iter().position(|a| a == flag).map(|i| args[i + 1].clone());
+        assert_eq!(value("--grace-period"), Some(GRACE_PERIOD_S.to_string()));
+        assert_eq!(value("--rebuild-bytes-per-s"), Some("0".to_string()));
+        // What meta is given is what the config on disk says.
+        let saved = ClusterConfig::load(&dir.join(CONFIG_FILE)).unwrap();
+        assert_eq!(saved.heal.grace_period_s, GRACE_PERIOD_S);
+        assert_eq!(saved.heal.rebuild_bytes_per_s, REBUILD_BYTES_PER_S);
     }
 
     #[test]

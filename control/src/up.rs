@@ -68,7 +68,7 @@ pub async fn terminated() {
     }
 }
 
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").context("find a free port")?;
     Ok(listener.local_addr()?.port())
 }
@@ -235,8 +235,37 @@ impl Children {
     }
 }
 
+/// The arguments of `sohofs meta serve` for the meta of an `up` cluster.
+pub(crate) fn meta_args(config: &ClusterConfig, dir: &Path) -> Vec<String> {
+    let volume = &config.volume;
+    vec![
+        "meta".into(),
+        "serve".into(),
+        "--dir".into(),
+        dir.join("meta").display().to_string(),
+        "--listen".into(),
+        config.meta[0].clone(),
+        "--k".into(),
+        volume.k.to_string(),
+        "--m".into(),
+        volume.m.to_string(),
+        "--write-quorum".into(),
+        volume.write_quorum.to_string(),
+        "--chunk-bytes".into(),
+        volume.chunk_bytes.to_string(),
+        "--grace-period".into(),
+        config.heal.grace_period_s.to_string(),
+        "--rebuild-bytes-per-s".into(),
+        config.heal.rebuild_bytes_per_s.to_string(),
+        "--orphan-safety-window".into(),
+        config.heal.orphan_safety_window_s.to_string(),
+        "--orphan-sweep-interval".into(),
+        config.heal.orphan_sweep_interval_s.to_string(),
+    ]
+}
+
 /// The arguments of `sohofs node serve` for one node of an `up` cluster.
-fn node_args(config: &ClusterConfig, dir: &Path, node: &NodeSection) -> Vec<String> {
+pub(crate) fn node_args(config: &ClusterConfig, dir: &Path, node: &NodeSection) -> Vec<String> {
     let node_dir = dir.join(&node.dir);
     vec![
         "node".into(),
@@ -403,31 +432,7 @@ async fn run_cluster(
 ) -> Result<()> {
     let meta_addr = config.meta[0].clone();
     let meta_log = dir.join("meta").join("meta.log");
-    let volume = &config.volume;
-    let meta_args: Vec<String> = vec![
-        "meta".into(),
-        "serve".into(),
-        "--dir".into(),
-        dir.join("meta").display().to_string(),
-        "--listen".into(),
-        meta_addr.clone(),
-        "--k".into(),
-        volume.k.to_string(),
-        "--m".into(),
-        volume.m.to_string(),
-        "--write-quorum".into(),
-        volume.write_quorum.to_string(),
-        "--chunk-bytes".into(),
-        volume.chunk_bytes.to_string(),
-        "--grace-period".into(),
-        config.heal.grace_period_s.to_string(),
-        "--rebuild-bytes-per-s".into(),
-        config.heal.rebuild_bytes_per_s.to_string(),
-        "--orphan-safety-window".into(),
-        config.heal.orphan_safety_window_s.to_string(),
-        "--orphan-sweep-interval".into(),
-        config.heal.orphan_sweep_interval_s.to_string(),
-    ];
+    let meta_args = meta_args(config, dir);
     let meta_child = children.meta.insert(spawn_child(&meta_args, &meta_log)?);
     wait_for_port(&meta_addr, meta_child, "meta", &meta_log).await?;
     for node in &config.nodes {
