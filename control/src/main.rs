@@ -122,9 +122,28 @@ fn keep_chunk_buffers_on_the_heap() {
     }
 }
 
+/// A reporting verb whose reader went away (`sohofs status | head -1`) ends
+/// quietly, as other command-line tools do, instead of panicking in
+/// `println!`. Services keep Rust's ignored SIGPIPE: their sockets get EPIPE.
+fn end_quietly_when_the_reader_goes(command: &Command) {
+    let reports = matches!(
+        command,
+        Command::Status { .. } | Command::Scrub { .. } | Command::Debug { .. } | Command::Keyring { .. }
+    ) || matches!(command, Command::Node { verb } if !matches!(verb, node::NodeVerb::Serve(_)));
+    if reports {
+        // SAFETY: restoring a signal's default disposition before any other
+        // thread exists.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
+}
+
 fn main() {
     keep_chunk_buffers_on_the_heap();
     let cli = Cli::parse();
+    end_quietly_when_the_reader_goes(&cli.command);
     init_logging();
     // Failpoints are armed before anything runs; an entry scoped to `node-3`
     // acts only in node 3 (see sohofs_storage::fault).
