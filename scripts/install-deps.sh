@@ -15,6 +15,7 @@ PACKAGES=(
     age                           # key envelopes cross-checked with the age CLI
     libssl-dev                    # TLS to LDAP (ldaps://, StartTLS) via native-tls
     openssl                       # the test CA of the TLS slapd tests
+    fonts-dejavu-core             # labels on the chart of `sohofs bench faults`
 )
 
 log() { printf 'install-deps: %s\n' "$*" >&2; }

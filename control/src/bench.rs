@@ -812,17 +812,38 @@ fn print_table(report: &Report) {
     }
 }
 
+/// The chart's font: Debian's DejaVu Sans (fonts-dejavu-core), read at run
+/// time so that no font is built into the binary. Without it the chart is
+/// drawn without text.
+const CHART_FONT_FILE: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+const CHART_FONT: &str = "sans-serif";
+
+/// Registers [`CHART_FONT_FILE`] once; whether text can be drawn.
+fn chart_font_loaded() -> bool {
+    static LOADED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *LOADED.get_or_init(|| {
+        let Ok(bytes) = std::fs::read(CHART_FONT_FILE) else {
+            tracing::warn!("{CHART_FONT_FILE} is missing: the chart has no labels (apt-get install fonts-dejavu-core)");
+            return false;
+        };
+        // plotters keeps registered fonts for the life of the process.
+        let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+        plotters::style::register_font(CHART_FONT, plotters::style::FontStyle::Normal, bytes).is_ok()
+    })
+}
+
 /// One bar per row with a speed, in table order, on a grid of 25 MB/s
-/// steps; green when the row's check passed, red when not. No text: the
-/// table says which bar is which.
+/// steps; green when the row's check passed, red when not. Each bar is
+/// labelled with its row number in the table and its MB/s.
 fn draw_chart(rows: &[Row], path: &Path) -> Result<()> {
     use plotters::prelude::*;
     const WIDTH: u32 = 900;
     const HEIGHT: u32 = 400;
-    const MARGIN: i32 = 20;
+    const MARGIN: i32 = 40;
     const GRID_MB_PER_S: f64 = 25.0;
     let top = rows.iter().filter_map(|r| r.mb_per_s).fold(GRID_MB_PER_S, f64::max);
     let scale = (HEIGHT as i32 - 2 * MARGIN) as f64 / (top * 1.05);
+    let labels = chart_font_loaded();
     let area = BitMapBackend::new(path, (WIDTH, HEIGHT)).into_drawing_area();
     area.fill(&WHITE).map_err(|e| anyhow::anyhow!("draw: {e}"))?;
     let base = HEIGHT as i32 - MARGIN;
@@ -846,9 +867,24 @@ fn draw_chart(rows: &[Row], path: &Path) -> Result<()> {
             Some(false) => RGBColor(200, 40, 40),
             _ => RGBColor(40, 140, 70),
         };
-        area.draw(&Rectangle::new(
-            [(left, base - (value * scale) as i32), (right, base)],
-            colour.filled(),
+        let bar_top = base - (value * scale) as i32;
+        area.draw(&Rectangle::new([(left, bar_top), (right, base)], colour.filled()))
+            .map_err(|e| anyhow::anyhow!("draw: {e}"))?;
+        if labels {
+            let font = (CHART_FONT, 13).into_font().color(&BLACK);
+            area.draw(&Text::new(format!("{value:.0}"), (left, bar_top - 16), font.clone()))
+                .map_err(|e| anyhow::anyhow!("draw: {e}"))?;
+            area.draw(&Text::new(format!("#{}", index + 1), (left, base + 6), font))
+                .map_err(|e| anyhow::anyhow!("draw: {e}"))?;
+        }
+    }
+    if labels {
+        let title =
+            format!("sohofs bench faults: MB/s per scenario (#n = row n of the table; grid {GRID_MB_PER_S:.0} MB/s)");
+        area.draw(&Text::new(
+            title,
+            (MARGIN, 10),
+            (CHART_FONT, 15).into_font().color(&BLACK),
         ))
         .map_err(|e| anyhow::anyhow!("draw: {e}"))?;
     }
