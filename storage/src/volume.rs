@@ -134,8 +134,12 @@ impl OpenFile {
         self.book.lock().expect("file book lock")
     }
 
-    fn take_error(&self) -> Option<FsError> {
-        self.error.lock().expect("file error lock").take()
+    /// The first background write of this file that failed. It stays until
+    /// the file's last handle is closed, so that every later write, flush,
+    /// fsync and close reports it: data a write() took and then lost must
+    /// never be followed by an fsync or close that says "done".
+    fn error(&self) -> Option<FsError> {
+        self.error.lock().expect("file error lock").clone()
     }
 
     fn record_error(&self, error: FsError) {
@@ -681,7 +685,7 @@ impl Volume {
         for handle in waits {
             let _ = handle.await;
         }
-        match file.take_error() {
+        match file.error() {
             Some(error) => Err(error),
             None => Ok(()),
         }
@@ -719,7 +723,7 @@ impl Volume {
             .checked_add(data.len() as u64)
             .filter(|end| *end <= i64::MAX as u64)
             .ok_or(FsError::TooBig)?;
-        if let Some(error) = file.take_error() {
+        if let Some(error) = file.error() {
             return Err(error);
         }
         let chunk_bytes = self.inner.volume.chunk_bytes as u64;
@@ -864,10 +868,9 @@ impl Volume {
         if let Some(previous) = previous {
             let _ = previous.await;
         }
-        if let Some(error) = file.take_error() {
+        if let Some(error) = file.error() {
             // An earlier span of this file failed; committing this one over a
-            // hole would hide that. Keep the first error and stop here.
-            file.record_error(error.clone());
+            // hole would hide that. Stop here.
             return Err(error);
         }
         self.meta(MetaRequest::CommitWrite {

@@ -381,3 +381,48 @@ async fn a_failure_between_shards_and_commit_keeps_the_old_contents() {
         &old,
     );
 }
+
+/// The tryout of 2026-12-04: a chunk that failed in the background was
+/// reported once, by a later write, and the fsync and close after it said
+/// "done" — the application never learned that acknowledged bytes were
+/// lost. The error now stays with the open file until its last close.
+#[tokio::test]
+async fn a_lost_background_write_fails_every_later_write_fsync_and_close() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(6).await;
+    let volume = cluster.volume().await;
+    let ino = volume
+        .create(ROOT_INO, b"lost-chunk", 0o644, 1000, 1000)
+        .await
+        .unwrap()
+        .ino;
+    let data = random_bytes(9, CHUNK as usize);
+    volume.write(ino, 0, &data).await.expect("a whole chunk is taken");
+    volume.fsync(ino).await.expect("the first chunk is stored");
+    // Two full nodes of six leave four: below the quorum of five.
+    cluster.faults(5).set_full(true);
+    cluster.faults(6).set_full(true);
+    volume
+        .write(ino, CHUNK as u64, &data)
+        .await
+        .expect("a whole chunk is buffered");
+    let first = volume.fsync(ino).await;
+    assert!(matches!(first, Err(FsError::NoSpace(_))), "first fsync: {first:?}");
+    let again = volume.fsync(ino).await;
+    assert!(matches!(again, Err(FsError::NoSpace(_))), "second fsync: {again:?}");
+    let write = volume.write(ino, 2 * CHUNK as u64, b"more").await;
+    assert!(
+        matches!(write, Err(FsError::NoSpace(_))),
+        "write after the loss: {write:?}"
+    );
+    let closed = volume.release(ino).await;
+    assert!(matches!(closed, Err(FsError::NoSpace(_))), "close: {closed:?}");
+
+    // Closed and opened again, the file starts clean; the chunk written
+    // before the loss is intact.
+    cluster.faults(5).set_full(false);
+    cluster.faults(6).set_full(false);
+    let fresh = cluster.volume().await;
+    let head = fresh.read(ino, 0, CHUNK).await.unwrap();
+    assert_same("chunk written before the loss", &head, &data);
+}
