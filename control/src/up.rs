@@ -83,6 +83,28 @@ fn absolute(path: &Path) -> Result<PathBuf> {
 
 /// Makes or updates DIR/sohofs.toml. Ports are chosen afresh at every start;
 /// the volume geometry of an existing cluster is kept and must match.
+/// A volume's data was sealed with its key: a new key would make every
+/// file unreadable (EIO) and, were the old key found again, every file
+/// written meanwhile. So `up` makes a key only for a folder that holds no
+/// volume yet (no config, no meta database).
+fn refuse_a_new_key_for_an_existing_volume(dir: &Path, config_path: &Path) -> Result<()> {
+    let key_path = dir.join(KEY_FILE);
+    if key_path.exists() {
+        return Ok(());
+    }
+    let meta_dir = dir.join("meta");
+    let meta_has_data = std::fs::read_dir(&meta_dir).is_ok_and(|mut entries| entries.next().is_some());
+    if config_path.exists() || meta_has_data {
+        bail!(
+            "{} holds a volume but its key {} is missing; without the key no file can be read. \
+             Put the volume's key file back (a backup of {KEY_FILE}); sohofs will not make a new one for an existing volume",
+            dir.display(),
+            key_path.display()
+        );
+    }
+    Ok(())
+}
+
 pub(crate) fn prepare(args: &UpArgs, dir: &Path) -> Result<ClusterConfig> {
     let write_quorum = args
         .write_quorum
@@ -99,8 +121,9 @@ pub(crate) fn prepare(args: &UpArgs, dir: &Path) -> Result<ClusterConfig> {
     if args.m == 0 {
         eprintln!("sohofs: warning: --m 0 keeps no parity; losing any node loses data");
     }
-    std::fs::create_dir_all(dir.join("meta")).with_context(|| format!("create {}", dir.display()))?;
     let config_path = dir.join(CONFIG_FILE);
+    refuse_a_new_key_for_an_existing_volume(dir, &config_path)?;
+    std::fs::create_dir_all(dir.join("meta")).with_context(|| format!("create {}", dir.display()))?;
     let volume = if config_path.exists() {
         let existing = ClusterConfig::load(&config_path)?;
         if existing.volume.k != args.k || existing.volume.m != args.m {
