@@ -215,7 +215,10 @@ async fn drain(config_path: &Path, id: u64, no_wait: bool) -> Result<()> {
         bar.set_position(total.saturating_sub(left.min(total)));
         if is_empty(member) {
             bar.finish_and_clear();
-            println!("sohofs: node {id} is empty (no stripe needs it); remove it with `sohofs node remove {id}`");
+            println!(
+                "sohofs: node {id} is empty (no stripe needs it); remove it with `sohofs node remove --config {} {id}`",
+                config_path.display()
+            );
             return Ok(());
         }
         if left < last_left {
@@ -223,19 +226,25 @@ async fn drain(config_path: &Path, id: u64, no_wait: bool) -> Result<()> {
             last_progress = Instant::now();
         } else if !warned && last_progress.elapsed() > DRAIN_STALL_WARNING && !member.up {
             warned = true;
-            bar.println(format!(
-                "sohofs: node {id} is down: its shards move once it is back, or are rebuilt elsewhere \
-                 once it has been silent for the grace period"
-            ));
+            // Through stderr, not the bar: a hidden bar (no terminal)
+            // prints nothing, and a script must see why it waits.
+            bar.suspend(|| {
+                eprintln!(
+                    "sohofs: node {id} is down: its shards move once it is back, or are rebuilt elsewhere \
+                     once it has been silent for the grace period"
+                )
+            });
         } else if !warned && last_progress.elapsed() > DRAIN_STALL_WARNING {
             warned = true;
-            bar.println(format!(
-                "sohofs: node {id}: no progress for {} s; {} shards are still named by records. A shard moves \
-                 only to an up node on a host that holds no other shard of its stripe: with k+m hosts and \
-                 this one among them, add a node first (`sohofs node add`)",
-                DRAIN_STALL_WARNING.as_secs(),
-                member.shards_referenced
-            ));
+            bar.suspend(|| {
+                eprintln!(
+                    "sohofs: node {id}: no progress for {} s; {} shards are still named by records. A shard \
+                     moves only to an up node on a host that holds no other shard of its stripe: with k+m \
+                     hosts and this one among them, add a node first (`sohofs node add`)",
+                    DRAIN_STALL_WARNING.as_secs(),
+                    member.shards_referenced
+                )
+            });
         }
         tokio::time::sleep(POLL_INTERVAL).await;
     }
@@ -244,11 +253,12 @@ async fn drain(config_path: &Path, id: u64, no_wait: bool) -> Result<()> {
 async fn remove(config_path: &Path, id: u64) -> Result<()> {
     let mut config = ClusterConfig::load(config_path)?;
     let meta = meta_client(&config);
+    let shown = config_path.display();
     match meta.call(&MetaRequest::RemoveNode { node: id }).await {
         Ok(_) => {}
         Err(FsError::NotFound) => bail!("no node {id} in the cluster (see `sohofs node list`)"),
         Err(FsError::Invalid(_)) => bail!(
-            "node {id} is active; drain it first (`sohofs node drain {id}`), even if it holds no \
+            "node {id} is active; drain it first (`sohofs node drain --config {shown} {id}`), even if it holds no \
              shard, so that no write is placing one on it while it goes"
         ),
         Err(FsError::NotEmpty) => {
@@ -259,7 +269,7 @@ async fn remove(config_path: &Path, id: u64) -> Result<()> {
                 .map_or_else(|| "shards".to_string(), |m| format!("{} shards", m.shards_referenced));
             bail!(
                 "node {id} still holds {held} that stripes need; drain it first \
-                 (`sohofs node drain {id}`) and remove it once it is empty"
+                 (`sohofs node drain --config {shown} {id}`) and remove it once it is empty"
             );
         }
         Err(error) => return Err(error).with_context(|| format!("remove node {id}")),
