@@ -90,6 +90,12 @@ struct FileState {
     dirty_bytes: usize,
     /// The last flush task of each chunk; the next one waits for it.
     last_flush: HashMap<u64, JoinHandle<()>>,
+    /// Fires when the last flush task started (of any chunk) has ended.
+    /// Each task commits only after its predecessor ended, so commits are
+    /// in write order and a chunk that failed is never followed by a later
+    /// chunk's commit (which would leave a hole of zeros before data).
+    /// Shard writes still run side by side; only the commits take turns.
+    commit_turn: Option<tokio::sync::oneshot::Receiver<()>>,
     next_seq: u64,
 }
 
@@ -788,6 +794,8 @@ impl Volume {
         // whole chunk's current content so that it replaces them all.
         let fold = self.chunk_record(ino, file, index).await?.extents.len() >= EXTENTS_PER_CHUNK_MAX;
         let previous = state.last_flush.remove(&index);
+        let (turn_done, next_turn) = tokio::sync::oneshot::channel::<()>();
+        let my_turn = state.commit_turn.replace(next_turn);
         let permit = self
             .inner
             .flush_slots
@@ -802,7 +810,7 @@ impl Volume {
         let handle = tokio::spawn(async move {
             let _permit = permit;
             let result = volume
-                .flush_span(ino, &file_for_task, span, previous, fold, size_at_least, mtime)
+                .flush_span(ino, &file_for_task, span, previous, my_turn, fold, size_at_least, mtime)
                 .await;
             let mut book = file_for_task.book();
             if let Some(list) = book.pending.get_mut(&index) {
@@ -823,6 +831,8 @@ impl Volume {
             }
             drop(book);
             volume.drop_cached_chunk(ino, index);
+            // After the error (if any) is recorded: the next task's turn.
+            drop(turn_done);
         });
         state.last_flush.insert(index, handle);
         Ok(())
@@ -835,6 +845,7 @@ impl Volume {
         file: &Arc<OpenFile>,
         span: Arc<Span>,
         mut previous: Option<JoinHandle<()>>,
+        turn: Option<tokio::sync::oneshot::Receiver<()>>,
         fold: bool,
         size_at_least: u64,
         mtime: TimeNs,
@@ -867,6 +878,10 @@ impl Volume {
         };
         if let Some(previous) = previous {
             let _ = previous.await;
+        }
+        if let Some(turn) = turn {
+            // Ok or Err: either way the predecessor has ended.
+            let _ = turn.await;
         }
         if let Some(error) = file.error() {
             // An earlier span of this file failed; committing this one over a
