@@ -68,6 +68,20 @@ pub async fn terminated() {
     }
 }
 
+/// How many times `up` moves nodes whose port was taken between picking it
+/// and binding it.
+const NODE_PORT_RETRIES_MAX: u32 = 3;
+
+/// Whether a node that exited at start did so because its port was taken.
+fn lost_its_port(log: &Path) -> bool {
+    std::fs::read_to_string(log).is_ok_and(|text| {
+        let last_lines: Vec<&str> = text.lines().rev().take(20).collect();
+        last_lines
+            .iter()
+            .any(|line| line.contains("Address already in use") || line.contains("os error 98"))
+    })
+}
+
 pub(crate) fn free_port() -> Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").context("find a free port")?;
     Ok(listener.local_addr()?.port())
@@ -465,6 +479,7 @@ async fn run_cluster(
     let volume = crate::mount::connect(config, config_path).await?;
     let wanted = config.nodes.len();
     let deadline = Instant::now() + START_TIMEOUT;
+    let mut port_retries = 0;
     loop {
         let up = volume.nodes().await?.iter().filter(|n| n.up).count();
         if up >= wanted {
@@ -472,10 +487,26 @@ async fn run_cluster(
         }
         for (id, child) in children.nodes.iter_mut() {
             if let Ok(Some(status)) = child.try_wait() {
-                bail!(
-                    "node {id} exited ({status}) while starting; see {}/nodes/{id}/node.log",
-                    dir.display()
-                );
+                let log = dir.join("nodes").join(id.to_string()).join("node.log");
+                if port_retries < NODE_PORT_RETRIES_MAX && lost_its_port(&log) {
+                    // The port was free when it was picked and taken before
+                    // the node bound it (another program's ephemeral port):
+                    // pick another one.
+                    port_retries += 1;
+                    let mut moved = ClusterConfig::load(config_path)?;
+                    let node = moved
+                        .nodes
+                        .iter_mut()
+                        .find(|n| n.id == *id)
+                        .context("a started node is in the config")?;
+                    node.listen = format!("127.0.0.1:{}", free_port()?);
+                    tracing::warn!(node = *id, listen = %node.listen, "node's port was taken; starting it on another");
+                    let node = node.clone();
+                    moved.save(config_path)?;
+                    *child = start_node(&moved, dir, &node)?;
+                    continue;
+                }
+                bail!("node {id} exited ({status}) while starting; see {}", log.display());
             }
         }
         if Instant::now() > deadline {
