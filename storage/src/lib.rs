@@ -5,7 +5,8 @@
 //! (`repair`, pure) and the heal service that carries it out in meta
 //! (`heal`: rebuild, scrub), and the client volume API (`volume`) that the
 //! FUSE and NFS adapters use, and fault injection (`fault`) for tests and
-//! the fault benchmark.
+//! the fault benchmark, and the sealing of names and symlink targets of
+//! protected directories (`names`, pure).
 //!
 //! The adapters may use only [`volume`] and [`error`]; everything else is the
 //! engine's own. Byte layouts come from `sohofs-format` and nowhere else.
@@ -16,6 +17,7 @@ pub mod fault;
 pub mod heal;
 pub mod kv;
 pub mod meta;
+pub mod names;
 pub mod node;
 pub mod peers;
 pub mod placement;
