@@ -1,4 +1,5 @@
-//! LDAP approval: which machines a group lets in, and the key each publishes.
+//! LDAP approval: which machines a group lets in, and the key each publishes;
+//! and which people a group holds, with the numeric ids their homes get.
 //!
 //! A machine is an entry under `base_dn` matching `machine_filter`. It is a
 //! member of a group when the group (a groupOfNames) lists its DN in
@@ -10,9 +11,19 @@
 //! rather than a group with no members (which sync would read as "revoke
 //! everyone").
 //!
-//! The selection is pure ([`select_members`]); [`Directory`] only fetches.
+//! People are entries of objectClass posixAccount. A group holds them the
+//! same two ways, and a posixGroup a third: its `memberUid` values are uids
+//! (names, not DNs), matched exactly against each account's `uid`. A
+//! `memberUid` naming no account is ignored, as a `member` that is not a
+//! person is. A member whose uid cannot name a home folder, whose
+//! uidNumber or gidNumber is missing or unusable, who is root (uidNumber
+//! 0), or who shares a uid with another member is reported with the
+//! reason, not dropped.
+//!
+//! The selection is pure ([`select_members`], [`select_posix_users`]);
+//! [`Directory`] only fetches.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -24,9 +35,16 @@ use crate::recipient::MachineRecipient;
 
 /// Every connect and every operation gives up after this long.
 pub const LDAP_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
-/// A search returning more machines than this is refused (and so is a group
-/// with more members): an office has tens, not tens of thousands.
-pub const MACHINES_MAX: usize = 10_000;
+/// A search returning more entries than this is refused (and so is a group
+/// with more members): an office has tens of machines and people, not tens
+/// of thousands.
+pub const ENTRIES_MAX: usize = 10_000;
+/// The longest uid that can name a home folder: NAME_MAX of Linux.
+pub const HOME_NAME_BYTES_MAX: usize = 255;
+/// The accounts [`Directory::posix_users`] fetches. The selection checks the
+/// objectClass again, so the rule is in one pure place; the filter only
+/// keeps machines and groups out of the bounded search.
+const POSIX_ACCOUNT_FILTER: &str = "(objectClass=posixAccount)";
 /// Bound on the password file.
 pub const PASSWORD_FILE_BYTES_MAX: u64 = 4096;
 /// LDAP result code of a failed simple bind (RFC 4511).
@@ -103,7 +121,7 @@ pub enum LdapError {
     BindRejected { bind_dn: String },
     #[error("group {group_dn} does not exist in the directory")]
     GroupNotFound { group_dn: String },
-    #[error("{what} returned more than {MACHINES_MAX} entries")]
+    #[error("{what} returned more than {ENTRIES_MAX} entries")]
     TooManyEntries { what: &'static str },
     #[error("{what}: {reason}")]
     Operation { what: &'static str, reason: String },
@@ -168,17 +186,37 @@ pub fn normalize_dn(dn: &str) -> String {
         .join(",")
 }
 
+/// The DN side of membership, shared by machines and people: listed in the
+/// group's `member`, or naming the group in the entry's own `memberOf`.
+struct DnMembership {
+    listed: BTreeSet<String>,
+    group: String,
+}
+
+impl DnMembership {
+    fn new(member_dns: &[String], group_dn: &str) -> DnMembership {
+        DnMembership {
+            listed: member_dns.iter().map(|dn| normalize_dn(dn)).collect(),
+            group: normalize_dn(group_dn),
+        }
+    }
+
+    /// Whether the entry `normalized_dn` (already [`normalize_dn`]ed) with
+    /// these `memberOf` values is a member.
+    fn includes(&self, normalized_dn: &str, member_of: &[String]) -> bool {
+        self.listed.contains(normalized_dn) || member_of.iter().any(|dn| normalize_dn(dn) == self.group)
+    }
+}
+
 /// The machines of `group_dn`: those the group lists in `member` and those
 /// whose `memberOf` names it.
 pub fn select_members(machines: &[MachineEntry], group_members: &[String], group_dn: &str) -> Approval {
-    let listed: BTreeSet<String> = group_members.iter().map(|dn| normalize_dn(dn)).collect();
-    let group = normalize_dn(group_dn);
+    let membership = DnMembership::new(group_members, group_dn);
     let mut approval = Approval::default();
     let mut seen = BTreeSet::new();
     for machine in machines {
         let key = normalize_dn(&machine.dn);
-        let is_member = listed.contains(&key) || machine.member_of.iter().any(|dn| normalize_dn(dn) == group);
-        if !is_member || !seen.insert(key) {
+        if !membership.includes(&key, &machine.member_of) || !seen.insert(key) {
             continue;
         }
         let name = machine.name.clone().unwrap_or_else(|| machine.dn.clone());
@@ -213,6 +251,171 @@ pub fn select_members(machines: &[MachineEntry], group_members: &[String], group
     approval.approved.sort_by(|left, right| left.dn.cmp(&right.dn));
     approval.unusable.sort_by(|left, right| left.dn.cmp(&right.dn));
     approval
+}
+
+/// A member person with what their home needs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PosixUser {
+    pub dn: String,
+    /// The login name; names the home folder.
+    pub uid: String,
+    pub uid_number: u32,
+    pub gid_number: u32,
+}
+
+/// A member person who cannot be given a home, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct UnusableUser {
+    pub dn: String,
+    pub reason: String,
+}
+
+/// The people of one group.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PosixUsers {
+    /// Sorted by uid; no two share a uid.
+    pub users: Vec<PosixUser>,
+    /// Sorted by DN.
+    pub unusable: Vec<UnusableUser>,
+}
+
+/// A group entry as fetched: the DNs of `member` (groupOfNames) and the
+/// uids of `memberUid` (posixGroup). A group may be both.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroupEntry {
+    pub member: Vec<String>,
+    pub member_uid: Vec<String>,
+}
+
+/// An account entry as fetched; every attribute with all its values, so
+/// that the selection can refuse a multi-valued one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AccountEntry {
+    pub dn: String,
+    pub object_classes: Vec<String>,
+    pub uid: Vec<String>,
+    pub uid_number: Vec<String>,
+    pub gid_number: Vec<String>,
+    pub member_of: Vec<String>,
+}
+
+/// The posixAccounts of the group `group_dn`: those it lists in `member`,
+/// those whose uid it lists in `memberUid`, and those whose `memberOf`
+/// names it.
+pub fn select_posix_users(accounts: &[AccountEntry], group: &GroupEntry, group_dn: &str) -> PosixUsers {
+    let membership = DnMembership::new(&group.member, group_dn);
+    // memberUid is caseExactMatch in the nis schema, and a home folder's
+    // name is case-sensitive: uids compare exactly.
+    let member_uids: BTreeSet<&str> = group.member_uid.iter().map(String::as_str).collect();
+    let mut users = Vec::new();
+    let mut unusable = Vec::new();
+    let mut seen = BTreeSet::new();
+    for account in accounts {
+        let is_posix_account = account
+            .object_classes
+            .iter()
+            .any(|class| class.eq_ignore_ascii_case("posixAccount"));
+        let key = normalize_dn(&account.dn);
+        let is_member = membership.includes(&key, &account.member_of)
+            || account.uid.iter().any(|uid| member_uids.contains(uid.as_str()));
+        if !is_posix_account || !is_member || !seen.insert(key) {
+            continue;
+        }
+        match posix_user(account) {
+            Ok(user) => users.push(user),
+            Err(reason) => unusable.push(UnusableUser {
+                dn: account.dn.clone(),
+                reason,
+            }),
+        }
+    }
+    // Two accounts with one uid would be given one home folder, owned by
+    // whichever came last: neither gets it.
+    let mut dns_by_uid: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for user in &users {
+        dns_by_uid.entry(user.uid.clone()).or_default().push(user.dn.clone());
+    }
+    let (mut users, clashing): (Vec<PosixUser>, Vec<PosixUser>) =
+        users.into_iter().partition(|user| dns_by_uid[&user.uid].len() == 1);
+    for user in clashing {
+        let others: Vec<&str> = dns_by_uid[&user.uid]
+            .iter()
+            .filter(|dn| **dn != user.dn)
+            .map(String::as_str)
+            .collect();
+        unusable.push(UnusableUser {
+            reason: format!("uid {:?} is also the uid of {}", user.uid, others.join(", ")),
+            dn: user.dn,
+        });
+    }
+    users.sort_by(|left, right| left.uid.cmp(&right.uid));
+    unusable.sort_by(|left, right| left.dn.cmp(&right.dn));
+    PosixUsers { users, unusable }
+}
+
+/// The user an account describes, or why it cannot have a home.
+fn posix_user(account: &AccountEntry) -> Result<PosixUser, String> {
+    let uid = match account.uid.as_slice() {
+        [] => return Err("has no uid".into()),
+        [uid] => uid,
+        several => {
+            return Err(format!(
+                "has {} uid values; which names the home is unclear",
+                several.len()
+            ))
+        }
+    };
+    check_home_name(uid)?;
+    let uid_number = id_number(&account.uid_number, "uidNumber")?;
+    let gid_number = id_number(&account.gid_number, "gidNumber")?;
+    if uid_number == 0 {
+        return Err("uidNumber is 0 (root)".into());
+    }
+    Ok(PosixUser {
+        dn: account.dn.clone(),
+        uid: uid.clone(),
+        uid_number,
+        gid_number,
+    })
+}
+
+/// A uid names a folder in the homes folder: one path component.
+fn check_home_name(uid: &str) -> Result<(), String> {
+    if uid.is_empty() {
+        return Err("uid is empty".into());
+    }
+    if uid == "." || uid == ".." {
+        return Err(format!("uid {uid:?} is not a folder name"));
+    }
+    if uid.contains('/') {
+        return Err(format!("uid {uid:?} contains '/'"));
+    }
+    if uid.contains('\0') {
+        return Err(format!("uid {uid:?} contains NUL"));
+    }
+    if uid.len() > HOME_NAME_BYTES_MAX {
+        return Err(format!(
+            "uid is {} bytes long; a folder name holds at most {HOME_NAME_BYTES_MAX}",
+            uid.len()
+        ));
+    }
+    Ok(())
+}
+
+/// The one value of uidNumber or gidNumber: decimal digits only (no sign,
+/// no spaces), below 2^32 - 1, which is (uid_t)-1: chown reads it as
+/// "leave unchanged", so a home chowned to it would stay root's.
+fn id_number(values: &[String], attribute: &str) -> Result<u32, String> {
+    let value = match values {
+        [] => return Err(format!("has no {attribute}")),
+        [value] => value,
+        several => return Err(format!("has {} {attribute} values", several.len())),
+    };
+    let number = Some(value)
+        .filter(|text| !text.is_empty() && text.bytes().all(|byte| byte.is_ascii_digit()))
+        .and_then(|text| text.parse::<u32>().ok())
+        .filter(|number| *number != u32::MAX);
+    number.ok_or_else(|| format!("{attribute} {value:?} is not a number from 0 to {}", u32::MAX - 1))
 }
 
 /// A bound connection to the directory.
@@ -274,9 +477,9 @@ impl Directory {
 
     /// The machines approved by `group_dn` and those it lists but cannot use.
     pub async fn approved_machines(&mut self, group_dn: &str) -> Result<Approval, LdapError> {
-        let group_members = self.group_members(group_dn).await?;
+        let group = self.read_group(group_dn).await?;
         let machines = self.machines().await?;
-        Ok(select_members(&machines, &group_members, group_dn))
+        Ok(select_members(&machines, &group.member, group_dn))
     }
 
     /// The machines of the cluster group.
@@ -285,14 +488,22 @@ impl Directory {
         self.approved_machines(&group).await
     }
 
-    async fn group_members(&mut self, group_dn: &str) -> Result<Vec<String>, LdapError> {
+    /// The people of `group_dn` who can have a home, and those it holds
+    /// who cannot.
+    pub async fn posix_users(&mut self, group_dn: &str) -> Result<PosixUsers, LdapError> {
+        let group = self.read_group(group_dn).await?;
+        let accounts = self.posix_accounts().await?;
+        Ok(select_posix_users(&accounts, &group, group_dn))
+    }
+
+    async fn read_group(&mut self, group_dn: &str) -> Result<GroupEntry, LdapError> {
         let (entries, result) = self
             .search(
                 "read the group",
                 group_dn,
                 Scope::Base,
                 "(objectClass=*)",
-                vec!["member"],
+                vec!["member", "memberUid"],
             )
             .await?;
         if result == RC_NO_SUCH_OBJECT || entries.is_empty() {
@@ -300,27 +511,21 @@ impl Directory {
                 group_dn: group_dn.to_string(),
             });
         }
-        let members = attribute_values(&entries[0], "member");
-        if members.len() > MACHINES_MAX {
+        let group = GroupEntry {
+            member: attribute_values(&entries[0], "member"),
+            member_uid: attribute_values(&entries[0], "memberUid"),
+        };
+        if group.member.len() > ENTRIES_MAX || group.member_uid.len() > ENTRIES_MAX {
             return Err(LdapError::TooManyEntries { what: "the group" });
         }
-        Ok(members)
+        Ok(group)
     }
 
     async fn machines(&mut self) -> Result<Vec<MachineEntry>, LdapError> {
-        let base_dn = self.config.base_dn.clone();
         let filter = self.config.machine_filter.clone();
         let recipient_attribute = self.config.recipient_attribute.clone();
         let attributes = vec!["cn", "fqdn", "memberOf", recipient_attribute.as_str()];
-        let (entries, result) = self
-            .search("search machines", &base_dn, Scope::Subtree, &filter, attributes)
-            .await?;
-        if result == RC_NO_SUCH_OBJECT {
-            return Err(LdapError::Operation {
-                what: "search machines",
-                reason: format!("base {base_dn} does not exist"),
-            });
-        }
+        let entries = self.search_base_dn("search machines", &filter, attributes).await?;
         Ok(entries
             .iter()
             .map(|entry| MachineEntry {
@@ -333,6 +538,42 @@ impl Directory {
                 member_of: attribute_values(entry, "memberOf"),
             })
             .collect())
+    }
+
+    async fn posix_accounts(&mut self) -> Result<Vec<AccountEntry>, LdapError> {
+        let attributes = vec!["objectClass", "uid", "uidNumber", "gidNumber", "memberOf"];
+        let entries = self
+            .search_base_dn("search posixAccounts", POSIX_ACCOUNT_FILTER, attributes)
+            .await?;
+        Ok(entries
+            .iter()
+            .map(|entry| AccountEntry {
+                dn: entry.dn.clone(),
+                object_classes: attribute_values(entry, "objectClass"),
+                uid: attribute_values(entry, "uid"),
+                uid_number: attribute_values(entry, "uidNumber"),
+                gid_number: attribute_values(entry, "gidNumber"),
+                member_of: attribute_values(entry, "memberOf"),
+            })
+            .collect())
+    }
+
+    /// A subtree search under `base_dn`, which must exist.
+    async fn search_base_dn(
+        &mut self,
+        what: &'static str,
+        filter: &str,
+        attributes: Vec<&str>,
+    ) -> Result<Vec<SearchEntry>, LdapError> {
+        let base_dn = self.config.base_dn.clone();
+        let (entries, result) = self.search(what, &base_dn, Scope::Subtree, filter, attributes).await?;
+        if result == RC_NO_SUCH_OBJECT {
+            return Err(LdapError::Operation {
+                what,
+                reason: format!("base {base_dn} does not exist"),
+            });
+        }
+        Ok(entries)
     }
 
     /// One search, bounded in time and size. Returns the entries and the
@@ -349,7 +590,7 @@ impl Directory {
         let searched = self
             .ldap
             .with_timeout(LDAP_TIMEOUT_DEFAULT)
-            .with_search_options(ldap3::SearchOptions::new().sizelimit(MACHINES_MAX as i32 + 1))
+            .with_search_options(ldap3::SearchOptions::new().sizelimit(ENTRIES_MAX as i32 + 1))
             .search(base, scope, filter, attributes)
             .await
             .map_err(|error| operation_error(error.to_string()))?;
@@ -361,7 +602,7 @@ impl Directory {
             4 => return Err(LdapError::TooManyEntries { what }),
             _ => return Err(operation_error(result.to_string())),
         }
-        if raw_entries.len() > MACHINES_MAX {
+        if raw_entries.len() > ENTRIES_MAX {
             return Err(LdapError::TooManyEntries { what });
         }
         let mut entries = Vec::with_capacity(raw_entries.len());
@@ -488,6 +729,207 @@ mod tests {
         assert_eq!(reasons[0], ("nokey", "publishes no key"));
         assert_eq!(reasons[1].0, "rsa");
         assert!(reasons[1].1.contains("ssh-rsa"), "{}", reasons[1].1);
+    }
+
+    const STAFF: &str = "cn=staff,ou=groups,dc=example,dc=org";
+
+    fn account(uid: &str, uid_number: &str, member_of: &[&str]) -> AccountEntry {
+        AccountEntry {
+            dn: format!("uid={uid},ou=people,dc=example,dc=org"),
+            object_classes: vec!["inetOrgPerson".into(), "posixAccount".into()],
+            uid: vec![uid.into()],
+            uid_number: vec![uid_number.into()],
+            gid_number: vec![uid_number.into()],
+            member_of: member_of.iter().map(|dn| dn.to_string()).collect(),
+        }
+    }
+
+    fn group(member: &[&str], member_uid: &[&str]) -> GroupEntry {
+        GroupEntry {
+            member: member.iter().map(|dn| dn.to_string()).collect(),
+            member_uid: member_uid.iter().map(|uid| uid.to_string()).collect(),
+        }
+    }
+
+    fn uids(users: &PosixUsers) -> Vec<&str> {
+        users.users.iter().map(|user| user.uid.as_str()).collect()
+    }
+
+    fn reasons(users: &PosixUsers) -> Vec<(&str, &str)> {
+        users
+            .unusable
+            .iter()
+            .map(|user| (user.dn.as_str(), user.reason.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn people_come_from_member_member_uid_and_member_of_and_count_once() {
+        let mut not_posix = account("printer", "10009", &[STAFF]);
+        not_posix.object_classes = vec!["inetOrgPerson".into()];
+        let accounts = [
+            account("listed", "10001", &[]),
+            account("by-uid", "10002", &[]),
+            account("freeipa", "10003", &["CN=Staff, ou=Groups, dc=example, dc=org"]),
+            // Named by all three: once.
+            account("everywhere", "10004", &[STAFF]),
+            account("other", "10005", &["cn=finance,ou=groups,dc=example,dc=org"]),
+            // memberUid is case-exact.
+            account("casey", "10006", &[]),
+            not_posix,
+        ];
+        let staff = group(
+            &[
+                "UID=Listed,OU=people,DC=example,DC=org",
+                "uid=everywhere,ou=people,dc=example,dc=org",
+                "uid=printer,ou=people,dc=example,dc=org",
+            ],
+            &["by-uid", "everywhere", "Casey", "nobody-by-that-name"],
+        );
+        let users = select_posix_users(&accounts, &staff, STAFF);
+        assert_eq!(uids(&users), ["by-uid", "everywhere", "freeipa", "listed"]);
+        assert_eq!(
+            users.users[1],
+            PosixUser {
+                dn: "uid=everywhere,ou=people,dc=example,dc=org".into(),
+                uid: "everywhere".into(),
+                uid_number: 10004,
+                gid_number: 10004,
+            }
+        );
+        assert!(users.unusable.is_empty(), "{:?}", users.unusable);
+    }
+
+    #[test]
+    fn users_sort_by_uid_not_by_dn() {
+        let mut zed = account("aaron", "10001", &[STAFF]);
+        zed.dn = "cn=Zed Aaron,ou=people,dc=example,dc=org".into();
+        let accounts = [account("bea", "10002", &[STAFF]), zed];
+        let users = select_posix_users(&accounts, &GroupEntry::default(), STAFF);
+        assert_eq!(uids(&users), ["aaron", "bea"]);
+    }
+
+    #[test]
+    fn people_who_cannot_have_a_home_are_reported_with_the_reason() {
+        let with_numbers = |uid: &str, uid_number: &[&str], gid_number: &[&str]| AccountEntry {
+            uid_number: uid_number.iter().map(|value| value.to_string()).collect(),
+            gid_number: gid_number.iter().map(|value| value.to_string()).collect(),
+            ..account(uid, "0", &[STAFF])
+        };
+        let with_uid = |rdn: &str, uid_values: &[&str]| AccountEntry {
+            dn: format!("cn={rdn},ou=people,dc=example,dc=org"),
+            uid: uid_values.iter().map(|value| value.to_string()).collect(),
+            ..account("x", "10000", &[STAFF])
+        };
+        let long_name = "n".repeat(HOME_NAME_BYTES_MAX + 1);
+        let longest_name = "n".repeat(HOME_NAME_BYTES_MAX);
+        let accounts = [
+            with_numbers("a-root", &["0"], &["0"]),
+            with_numbers("b-no-uid-number", &[], &["100"]),
+            with_numbers("c-no-gid-number", &["10003"], &[]),
+            with_numbers("d-word", &["ten"], &["100"]),
+            with_numbers("e-plus", &["+10005"], &["100"]),
+            with_numbers("f-negative", &["10006"], &["-2"]),
+            with_numbers("g-minus-one", &["4294967295"], &["100"]),
+            with_numbers("h-too-big", &["4294967296"], &["100"]),
+            with_numbers("i-two-numbers", &["10009", "10010"], &["100"]),
+            with_numbers("j-space", &[" 10011"], &["100"]),
+            with_numbers("k-largest", &["4294967294"], &["4294967294"]),
+            with_uid("l-no-uid", &[]),
+            with_uid("m-empty", &[""]),
+            with_uid("n-dot", &["."]),
+            with_uid("o-dotdot", &[".."]),
+            with_uid("p-slash", &["ev/il"]),
+            with_uid("q-nul", &["ev\0il"]),
+            with_uid("r-long", &[&long_name]),
+            with_uid("s-two-uids", &["sam", "samuel"]),
+            with_uid("t-longest", &[&longest_name]),
+        ];
+        let users = select_posix_users(&accounts, &GroupEntry::default(), STAFF);
+        assert_eq!(uids(&users), ["k-largest", longest_name.as_str()]);
+        assert_eq!(
+            (users.users[0].uid_number, users.users[0].gid_number),
+            (u32::MAX - 1, u32::MAX - 1)
+        );
+        let got: Vec<(String, &str)> = reasons(&users)
+            .into_iter()
+            .map(|(dn, reason)| (dn.split(',').next().unwrap().to_string(), reason))
+            .collect();
+        let expected = [
+            ("cn=l-no-uid", "has no uid".to_string()),
+            ("cn=m-empty", "uid is empty".into()),
+            ("cn=n-dot", "uid \".\" is not a folder name".into()),
+            ("cn=o-dotdot", "uid \"..\" is not a folder name".into()),
+            ("cn=p-slash", "uid \"ev/il\" contains '/'".into()),
+            ("cn=q-nul", "uid \"ev\\0il\" contains NUL".into()),
+            (
+                "cn=r-long",
+                "uid is 256 bytes long; a folder name holds at most 255".into(),
+            ),
+            (
+                "cn=s-two-uids",
+                "has 2 uid values; which names the home is unclear".into(),
+            ),
+            ("uid=a-root", "uidNumber is 0 (root)".into()),
+            ("uid=b-no-uid-number", "has no uidNumber".into()),
+            ("uid=c-no-gid-number", "has no gidNumber".into()),
+            (
+                "uid=d-word",
+                "uidNumber \"ten\" is not a number from 0 to 4294967294".into(),
+            ),
+            (
+                "uid=e-plus",
+                "uidNumber \"+10005\" is not a number from 0 to 4294967294".into(),
+            ),
+            (
+                "uid=f-negative",
+                "gidNumber \"-2\" is not a number from 0 to 4294967294".into(),
+            ),
+            (
+                "uid=g-minus-one",
+                "uidNumber \"4294967295\" is not a number from 0 to 4294967294".into(),
+            ),
+            (
+                "uid=h-too-big",
+                "uidNumber \"4294967296\" is not a number from 0 to 4294967294".into(),
+            ),
+            ("uid=i-two-numbers", "has 2 uidNumber values".into()),
+            (
+                "uid=j-space",
+                "uidNumber \" 10011\" is not a number from 0 to 4294967294".into(),
+            ),
+        ];
+        let expected: Vec<(String, &str)> = expected
+            .iter()
+            .map(|(rdn, reason)| (rdn.to_string(), reason.as_str()))
+            .collect();
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn two_accounts_with_one_uid_get_no_home() {
+        let mut twin = account("alice", "20001", &[STAFF]);
+        twin.dn = "uid=alice,ou=contractors,dc=example,dc=org".into();
+        let accounts = [
+            account("alice", "10001", &[STAFF]),
+            twin,
+            account("bob", "10002", &[STAFF]),
+        ];
+        let users = select_posix_users(&accounts, &GroupEntry::default(), STAFF);
+        assert_eq!(uids(&users), ["bob"]);
+        assert_eq!(
+            reasons(&users),
+            [
+                (
+                    "uid=alice,ou=contractors,dc=example,dc=org",
+                    "uid \"alice\" is also the uid of uid=alice,ou=people,dc=example,dc=org"
+                ),
+                (
+                    "uid=alice,ou=people,dc=example,dc=org",
+                    "uid \"alice\" is also the uid of uid=alice,ou=contractors,dc=example,dc=org"
+                ),
+            ]
+        );
     }
 
     #[test]

@@ -5,11 +5,16 @@ use std::path::Path;
 use sohofs_e2e::slapd::{test_key, Slapd, SlapdOptions, TEST_ADMIN_PASSWORD, TEST_CLUSTER_GROUP, TEST_FINANCE_GROUP};
 use sohofs_keyring::{
     open_envelope, seal_envelope, Approval, DataKey, Directory, Grantee, LdapConfig, LdapError, MachineIdentity,
-    UnwrapError,
+    PosixUser, PosixUsers, UnwrapError,
 };
 
 const BETA_DN: &str = "cn=ws-beta,ou=machines,dc=example,dc=org";
 const OUTSIDER_DN: &str = "cn=ws-outsider,ou=machines,dc=example,dc=org";
+const STAFF_GROUP: &str = "cn=staff,ou=groups,dc=example,dc=org";
+const STAFF_POSIX_GROUP: &str = "cn=staff-posix,ou=groups,dc=example,dc=org";
+const BOB_DN: &str = "uid=bob,ou=people,dc=example,dc=org";
+const CAROL_DN: &str = "uid=carol,ou=people,dc=example,dc=org";
+const DAVE_DN: &str = "uid=dave,ou=people,dc=example,dc=org";
 
 fn config(slapd: &Slapd, password_file: &Path) -> LdapConfig {
     LdapConfig {
@@ -34,6 +39,19 @@ async fn connect(slapd: &Slapd) -> Directory {
 
 fn approved_names(approval: &Approval) -> Vec<&str> {
     approval.approved.iter().map(|machine| machine.name.as_str()).collect()
+}
+
+fn uids(users: &PosixUsers) -> Vec<&str> {
+    users.users.iter().map(|user| user.uid.as_str()).collect()
+}
+
+fn person(uid: &str, id_number: u32) -> PosixUser {
+    PosixUser {
+        dn: format!("uid={uid},ou=people,dc=example,dc=org"),
+        uid: uid.into(),
+        uid_number: id_number,
+        gid_number: id_number,
+    }
 }
 
 fn recipient_of(name: &str) -> String {
@@ -119,6 +137,53 @@ async fn a_group_that_does_not_exist_is_an_error_not_an_empty_group() {
         .await
         .unwrap_err();
     assert!(matches!(error, LdapError::GroupNotFound { .. }), "{error:?}");
+    let error = directory
+        .posix_users("cn=no-such-group,ou=groups,dc=example,dc=org")
+        .await
+        .unwrap_err();
+    assert!(matches!(error, LdapError::GroupNotFound { .. }), "{error:?}");
+}
+
+#[tokio::test]
+async fn the_people_of_a_group_of_names_have_their_ids_and_root_is_refused() {
+    let slapd = Slapd::start_test_directory();
+    let mut directory = connect(&slapd).await;
+    let staff = directory.posix_users(STAFF_GROUP).await.unwrap();
+    // alice and bob are in `member` and have the `memberOf` to match; dave
+    // is listed too but is uidNumber 0.
+    assert_eq!(staff.users, [person("alice", 10001), person("bob", 10002)]);
+    assert_eq!(staff.unusable.len(), 1, "{:?}", staff.unusable);
+    assert_eq!(staff.unusable[0].dn, DAVE_DN);
+    assert_eq!(staff.unusable[0].reason, "uidNumber is 0 (root)");
+    directory.close().await;
+}
+
+#[tokio::test]
+async fn a_posix_group_names_its_people_by_uid() {
+    let slapd = Slapd::start_test_directory();
+    let mut directory = connect(&slapd).await;
+    let staff_posix = directory.posix_users(STAFF_POSIX_GROUP).await.unwrap();
+    assert_eq!(staff_posix.users, [person("alice", 10001), person("carol", 10003)]);
+    assert!(staff_posix.unusable.is_empty(), "{:?}", staff_posix.unusable);
+    directory.close().await;
+}
+
+#[tokio::test]
+async fn a_person_taken_out_of_the_group_is_no_longer_listed_and_one_put_in_is() {
+    let slapd = Slapd::start_test_directory();
+    let mut directory = connect(&slapd).await;
+    let before = directory.posix_users(STAFF_GROUP).await.unwrap();
+    assert_eq!(uids(&before), ["alice", "bob"]);
+
+    slapd.remove_member(STAFF_GROUP, BOB_DN);
+    slapd.add_member(STAFF_GROUP, CAROL_DN);
+    // The same session sees the change. bob's memberOf no longer names the group either (the overlay
+    // followed), or he would still count.
+    let staff = directory.posix_users(STAFF_GROUP).await.unwrap();
+    assert_eq!(uids(&staff), ["alice", "carol"]);
+    assert_eq!(staff.unusable.len(), 1, "{:?}", staff.unusable);
+    assert_eq!(staff.unusable[0].dn, DAVE_DN);
+    directory.close().await;
 }
 
 #[tokio::test]
