@@ -16,7 +16,7 @@
 use crate::DecodeError;
 
 pub const FRAME_MAGIC: [u8; 4] = *b"SORP";
-pub const FRAME_VERSION: u16 = 1;
+pub const FRAME_VERSION: u16 = 2;
 pub const FRAME_HEADER_BYTES: usize = 24;
 /// Bound on a message body: directory listings and chunk maps are paged below it.
 pub const FRAME_BODY_BYTES_MAX: u32 = 8 * 1024 * 1024;

@@ -15,6 +15,8 @@
 //! | `O`    | `O` ino                            | empty            | orphan purge (nlink 0, maybe open) |
 //! | `W`    | `W` node-id                        | empty            | draining nodes: placement, healing |
 //! | `Z`    | `Z` node-id                        | empty            | removed nodes: heartbeats refused  |
+//! | `P`    | `P` policy-id                      | [`PolicyRecord`] | clients (epochs), sync, status     |
+//! | `E`    | `E` policy-id epoch                | [`KeyEnvelope`]  | clients unwrapping a policy's keys |
 //!
 //! [`VolumeRecord`]: crate::VolumeRecord
 //! [`Inode`]: crate::Inode
@@ -22,8 +24,10 @@
 //! [`ChunkRecord`]: crate::ChunkRecord
 //! [`NodeRecord`]: crate::NodeRecord
 //! [`GcRecord`]: crate::GcRecord
+//! [`PolicyRecord`]: crate::PolicyRecord
+//! [`KeyEnvelope`]: crate::KeyEnvelope
 
-use crate::{Ino, NodeId};
+use crate::{Ino, NodeId, PolicyId};
 
 pub const VOLUME: &[u8] = b"V";
 
@@ -151,6 +155,26 @@ pub fn removed(id: NodeId) -> Vec<u8> {
 }
 
 pub const REMOVED_PREFIX: &[u8] = b"Z";
+
+pub fn policy(id: PolicyId) -> Vec<u8> {
+    let mut key = with_prefix(b'P', 8);
+    key.extend_from_slice(&id.to_be_bytes());
+    key
+}
+
+pub const POLICY_PREFIX: &[u8] = b"P";
+
+pub fn envelope(policy: PolicyId, epoch: u32) -> Vec<u8> {
+    let mut key = envelope_prefix(policy);
+    key.extend_from_slice(&epoch.to_be_bytes());
+    key
+}
+
+pub fn envelope_prefix(policy: PolicyId) -> Vec<u8> {
+    let mut key = with_prefix(b'E', 12);
+    key.extend_from_slice(&policy.to_be_bytes());
+    key
+}
 
 /// The node id in a key built by [`node`], [`draining`] or [`removed`].
 pub fn node_of(key: &[u8]) -> Option<NodeId> {

@@ -6,7 +6,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ChunkRecord, Extent, FileKind, Ino, Inode, NodeId, NodeRecord, TimeNs, VolumeRecord};
+use crate::{
+    ChunkRecord, Extent, FileKind, Ino, Inode, KeyEnvelope, NodeId, NodeRecord, PolicyId, PolicyRecord, TimeNs,
+    VolumeRecord,
+};
 
 /// The kind of a failure, sent instead of a string so that the caller can act
 /// on it. The volume API maps each to one POSIX error.
@@ -30,6 +33,9 @@ pub enum ErrorKind {
     CrossDevice,
     Protocol,
     TooBig,
+    /// This machine holds no key that the data's policy is wrapped to now
+    /// (EACCES); distinct from `Permission` (EPERM).
+    Access,
 }
 
 /// `mode`, `uid`… left `None` are unchanged.
@@ -292,6 +298,52 @@ pub enum MetaRequest {
     },
     /// The nodes that are draining (clients place no new shards there).
     Draining,
+    /// Give the empty directory `dir` a key policy of its own, with
+    /// `envelope` (the data key of epoch 1) and `names` (the name key,
+    /// epoch 0 by convention) wrapped to the machines of `group`; their
+    /// `policy_id` is ignored: meta numbers policies.
+    Protect {
+        dir: Ino,
+        group: String,
+        envelope: KeyEnvelope,
+        names: KeyEnvelope,
+    },
+    /// Every key policy (clients follow their epochs).
+    Policies,
+    /// The stored envelopes of a policy, one per live epoch.
+    Envelopes {
+        policy: PolicyId,
+    },
+    /// Store `envelope` for its policy: at the current epoch (the same key
+    /// wrapped to a changed set of machines: a grant), at the next one (a
+    /// new key: a revoke), which becomes current, or at epoch 0 (the name
+    /// key re-wrapped). Refused (`Stale`) unless the policy's current
+    /// epoch is `expect_epoch`.
+    PutEnvelope {
+        envelope: KeyEnvelope,
+        expect_epoch: u32,
+    },
+    /// Destroy the envelope of an older epoch. Refused (`NotEmpty`) while
+    /// any piece of the policy's files is still sealed under it.
+    DropEpoch {
+        policy: PolicyId,
+        epoch: u32,
+    },
+    /// Files (not directories) of a policy, in inode order after `after`.
+    PolicyFiles {
+        policy: PolicyId,
+        after: Ino,
+        limit: u32,
+    },
+    /// Re-sealed data of a chunk: replaces the record by `extents` (the
+    /// same bytes under a newer epoch) only if the record still holds
+    /// exactly the pieces `expect` names, in order; answers `Replaced`.
+    RekeyChunk {
+        ino: Ino,
+        index: u64,
+        expect: Vec<u128>,
+        extents: Vec<Extent>,
+    },
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -312,6 +364,11 @@ pub enum MetaResponse {
     ChunkList(Vec<(Ino, u64, ChunkRecord)>),
     Members(Vec<Member>),
     Draining(Vec<NodeId>),
+    Policy(PolicyRecord),
+    Policies(Vec<PolicyRecord>),
+    Envelopes(Vec<KeyEnvelope>),
+    Inos(Vec<Ino>),
+    Replaced(bool),
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]

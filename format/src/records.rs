@@ -78,9 +78,77 @@ pub struct Inode {
     pub next_seq: u64,
     /// For a symlink, its target.
     pub symlink: Vec<u8>,
+    /// The key policy whose data key seals this inode's data (0: the
+    /// volume key, the standard tier). Set from the parent at creation.
+    pub policy: PolicyId,
+}
+
+/// A key policy: 0 is the volume key; others are protected directories.
+pub type PolicyId = u64;
+/// The policy of the standard tier: the volume key.
+pub const VOLUME_POLICY: PolicyId = 0;
+
+/// An inode as version 1 stored it (no policy: the standard tier).
+#[derive(Deserialize)]
+struct InodeV1 {
+    ino: Ino,
+    generation: u64,
+    kind: FileKind,
+    perm: u16,
+    uid: u32,
+    gid: u32,
+    nlink: u32,
+    size: u64,
+    atime: TimeNs,
+    mtime: TimeNs,
+    ctime: TimeNs,
+    rdev: u32,
+    parent: Ino,
+    next_seq: u64,
+    symlink: Vec<u8>,
+}
+
+impl From<InodeV1> for Inode {
+    fn from(v1: InodeV1) -> Inode {
+        Inode {
+            ino: v1.ino,
+            generation: v1.generation,
+            kind: v1.kind,
+            perm: v1.perm,
+            uid: v1.uid,
+            gid: v1.gid,
+            nlink: v1.nlink,
+            size: v1.size,
+            atime: v1.atime,
+            mtime: v1.mtime,
+            ctime: v1.ctime,
+            rdev: v1.rdev,
+            parent: v1.parent,
+            next_seq: v1.next_seq,
+            symlink: v1.symlink,
+            policy: VOLUME_POLICY,
+        }
+    }
 }
 
 impl Inode {
+    pub const MAGIC: [u8; 2] = *b"IN";
+    /// Version 2 added `policy`; version 1 records still decode.
+    pub const VERSION: u8 = 2;
+    const WHAT: &'static str = "inode record";
+
+    pub fn encode(&self) -> Vec<u8> {
+        encode_record(Self::MAGIC, Self::VERSION, self)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        if bytes.len() >= 3 && bytes[0..2] == Self::MAGIC && bytes[2] == 1 {
+            let v1: InodeV1 = decode_record(Self::WHAT, Self::MAGIC, 1, bytes)?;
+            return Ok(v1.into());
+        }
+        decode_record(Self::WHAT, Self::MAGIC, Self::VERSION, bytes)
+    }
+
     pub fn mode(&self) -> u32 {
         self.kind.mode_bits() | self.perm as u32
     }
@@ -242,6 +310,61 @@ impl KeyEnvelope {
     }
 }
 
+/// A protected directory's key policy. Its data keys, one per live epoch,
+/// are [`KeyEnvelope`]s stored beside it; new data is sealed under
+/// `current_epoch`, older epochs stay until a rekey has re-sealed every
+/// piece still under them. The envelope of epoch [`NAME_KEY_EPOCH`] holds
+/// the key that seals entry names and symlink targets.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct PolicyRecord {
+    pub id: PolicyId,
+    /// The LDAP group whose machines may hold the key.
+    pub group: String,
+    /// The directory that was protected (the policy's root).
+    pub dir: Ino,
+    pub current_epoch: u32,
+    /// Epochs whose envelope is still stored, oldest first (includes
+    /// `current_epoch`).
+    pub live_epochs: Vec<u32>,
+    pub created: TimeNs,
+}
+
+/// The envelope epoch of a policy's name key (data epochs start at 1).
+pub const NAME_KEY_EPOCH: u32 = 0;
+
+/// Bound on a policy's live epochs: a revoke adds one, a finished rekey
+/// drops the older ones.
+pub const POLICY_EPOCHS_MAX: usize = 64;
+
+impl PolicyRecord {
+    pub const MAGIC: [u8; 2] = *b"PO";
+    pub const VERSION: u8 = 1;
+    const WHAT: &'static str = "policy record";
+
+    pub fn encode(&self) -> Vec<u8> {
+        encode_record(Self::MAGIC, Self::VERSION, self)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let policy: PolicyRecord = decode_record(Self::WHAT, Self::MAGIC, Self::VERSION, bytes)?;
+        if policy.group.len() > ENVELOPE_TEXT_BYTES_MAX {
+            return Err(DecodeError::TooLong {
+                what: Self::WHAT,
+                found: policy.group.len(),
+                max: ENVELOPE_TEXT_BYTES_MAX,
+            });
+        }
+        if policy.live_epochs.len() > POLICY_EPOCHS_MAX {
+            return Err(DecodeError::TooLong {
+                what: Self::WHAT,
+                found: policy.live_epochs.len(),
+                max: POLICY_EPOCHS_MAX,
+            });
+        }
+        Ok(policy)
+    }
+}
+
 macro_rules! stored_record {
     ($ty:ty, $magic:expr, $version:expr, $what:expr) => {
         impl $ty {
@@ -257,7 +380,6 @@ macro_rules! stored_record {
     };
 }
 
-stored_record!(Inode, *b"IN", 1, "inode record");
 stored_record!(Dentry, *b"DE", 1, "dentry record");
 stored_record!(VolumeRecord, *b"VO", 1, "volume record");
 stored_record!(ChunkRecord, *b"CH", 1, "chunk record");

@@ -1,7 +1,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sohofs_format::{ChunkRecord, Dentry, GcRecord, Inode, KeyEnvelope, NodeRecord, VolumeRecord};
+use sohofs_format::{ChunkRecord, Dentry, GcRecord, Inode, KeyEnvelope, NodeRecord, PolicyRecord, VolumeRecord};
 use sohofs_fuzz::decode_and_round_trip;
 
 fuzz_target!(|bytes: &[u8]| {
@@ -13,6 +13,7 @@ fuzz_target!(|bytes: &[u8]| {
         decode_and_round_trip(bytes, NodeRecord::decode, NodeRecord::encode).is_some(),
         decode_and_round_trip(bytes, GcRecord::decode, GcRecord::encode).is_some(),
         decode_and_round_trip(bytes, KeyEnvelope::decode, KeyEnvelope::encode).is_some(),
+        decode_and_round_trip(bytes, PolicyRecord::decode, PolicyRecord::encode).is_some(),
     ];
     // The magics differ, so no bytes are two records at once.
     assert!(accepted.iter().filter(|&&accepted| accepted).count() <= 1);
