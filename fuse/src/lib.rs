@@ -64,6 +64,7 @@ pub fn errno(error: &FsError) -> Errno {
         FsError::CrossDevice => libc::EXDEV,
         FsError::Protocol(_) => libc::EIO,
         FsError::TooBig => libc::EFBIG,
+        FsError::Access => libc::EACCES,
     };
     Errno::from_i32(code)
 }
@@ -410,6 +411,17 @@ impl Filesystem for SohoFs {
                     }
                     after = entry.seq;
                 }
+            }
+        });
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // A protected directory this machine is not approved for is refused
+        // here, so that `ls` fails at opendir with EACCES.
+        self.spawn(|v| async move {
+            match v.open_dir(ino.0).await {
+                Ok(()) => reply.opened(FileHandle(0), FopenFlags::empty()),
+                Err(error) => reply.error(errno(&error)),
             }
         });
     }

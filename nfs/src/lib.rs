@@ -80,6 +80,7 @@ pub fn nfsstat(error: &FsError) -> nfsstat3 {
         FsError::CrossDevice => nfsstat3::NFS3ERR_XDEV,
         FsError::Protocol(_) => nfsstat3::NFS3ERR_SERVERFAULT,
         FsError::TooBig => nfsstat3::NFS3ERR_FBIG,
+        FsError::Access => nfsstat3::NFS3ERR_ACCES,
     }
 }
 

@@ -43,6 +43,9 @@ pub enum FsError {
     Protocol(String),
     #[error("file too large")]
     TooBig,
+    /// The data's key policy is not wrapped to this machine (EACCES).
+    #[error("permission denied: this machine is not approved for the directory's key")]
+    Access,
 }
 
 impl FsError {
@@ -67,6 +70,7 @@ impl FsError {
             FsError::CrossDevice => ErrorKind::CrossDevice,
             FsError::Protocol(_) => ErrorKind::Protocol,
             FsError::TooBig => ErrorKind::TooBig,
+            FsError::Access => ErrorKind::Access,
         }
     }
 
@@ -91,6 +95,7 @@ impl FsError {
             ErrorKind::CrossDevice => FsError::CrossDevice,
             ErrorKind::Protocol => FsError::Protocol("reported by the server".into()),
             ErrorKind::TooBig => FsError::TooBig,
+            ErrorKind::Access => FsError::Access,
         }
     }
 

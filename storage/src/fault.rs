@@ -66,6 +66,12 @@ pub const FAILPOINTS: &[(&str, &str)] = &[
          effect, so callers never resend after a timeout and every node call is idempotent",
     ),
     (
+        REKEY_AFTER_CHUNK,
+        "client running a rekey, right after one chunk was re-sealed and committed: the rest \
+         of the policy's data is still under the older epoch, whose key stays until a later run \
+         of the rekey (`sohofs keyring sync`) finishes; no chunk is lost either way",
+    ),
+    (
         NODE_HEARTBEAT,
         "node, before each heartbeat to meta: an error skips it; meta shows the node down after \
          its down-after window and clients stop placing shards on it; today nothing else depends on \
@@ -77,6 +83,7 @@ pub const SHARD_PUT_AFTER_TEMP_WRITE: &str = "shard_store.put.after_temp_write";
 pub const SHARD_PUT_AFTER_RENAME: &str = "shard_store.put.after_rename";
 pub const VOLUME_AFTER_SHARDS_PUT: &str = "volume.after_shards_put";
 pub const RPC_SERVE: &str = "rpc.serve";
+pub const REKEY_AFTER_CHUNK: &str = "rekey.after_chunk";
 pub const NODE_HEARTBEAT: &str = "node.heartbeat";
 
 /// Failpoints armed at process start: `name[@scope]=action;...`.

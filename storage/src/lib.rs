@@ -15,6 +15,7 @@ pub mod codec;
 pub mod error;
 pub mod fault;
 pub mod heal;
+pub mod keytable;
 pub mod kv;
 pub mod meta;
 pub mod names;

@@ -18,8 +18,9 @@ use sohofs_format::messages::{
     ShardRef, StatFs, TimeSet, VolumeStatus,
 };
 use sohofs_format::{
-    ChunkRecord, Dentry, Extent, FileKind, GcRecord, Ino, Inode, NodeId, NodeRecord, PieceBody, TimeNs, VolumeRecord,
-    FIRST_ENTRY_SEQ, NAME_BYTES_MAX, ROOT_INO, SYMLINK_BYTES_MAX, XATTR_NAME_BYTES_MAX, XATTR_VALUE_BYTES_MAX,
+    ChunkRecord, Dentry, Extent, FileKind, GcRecord, Ino, Inode, KeyEnvelope, NodeId, NodeRecord, PieceBody, PolicyId,
+    PolicyRecord, TimeNs, VolumeRecord, FIRST_ENTRY_SEQ, NAME_BYTES_MAX, NAME_KEY_EPOCH, POLICY_EPOCHS_MAX, ROOT_INO,
+    SYMLINK_BYTES_MAX, VOLUME_POLICY, XATTR_NAME_BYTES_MAX, XATTR_VALUE_BYTES_MAX,
 };
 
 use crate::error::{FsError, FsResult};
@@ -46,6 +47,9 @@ const XATTR_CREATE: u32 = 1;
 const XATTR_REPLACE: u32 = 2;
 const INODE_COUNTER: &str = "ino";
 const GC_COUNTER: &str = "gc";
+const POLICY_COUNTER: &str = "policy";
+/// Most inode numbers one `PolicyFiles` answer holds.
+pub const POLICY_FILES_MAX: u32 = 4096;
 
 pub fn now_ns() -> TimeNs {
     match SystemTime::now().duration_since(UNIX_EPOCH) {
@@ -236,7 +240,32 @@ impl<'a> Txn<'a> {
     }
 }
 
+/// A name as it may appear in any directory: plain, or sealed.
 fn check_name(name: &[u8]) -> FsResult<()> {
+    if crate::names::looks_sealed(name) {
+        return Ok(());
+    }
+    check_plain_name(name)
+}
+
+/// A new entry of `dir`: sealed in a protected directory, plain elsewhere.
+/// A plain name sent to a protected directory comes from a client that has
+/// not seen the directory protected yet: `Stale` makes it look again.
+fn check_name_in(dir: &Inode, name: &[u8]) -> FsResult<()> {
+    if dir.policy == VOLUME_POLICY {
+        check_plain_name(name)?;
+        if name == b"." || name == b".." {
+            return Err(FsError::Exists);
+        }
+        Ok(())
+    } else if crate::names::looks_sealed(name) {
+        Ok(())
+    } else {
+        Err(FsError::Stale)
+    }
+}
+
+fn check_plain_name(name: &[u8]) -> FsResult<()> {
     if name.is_empty() || name.contains(&b'/') || name.contains(&0) {
         return Err(FsError::Invalid("a name is not empty and has no '/' or NUL"));
     }
@@ -331,6 +360,7 @@ impl Meta {
                     parent: ROOT_INO,
                     next_seq: FIRST_ENTRY_SEQ,
                     symlink: Vec::new(),
+                    policy: VOLUME_POLICY,
                 };
                 let mut batch = Batch::default();
                 batch.put(keys::VOLUME.to_vec(), volume.encode());
@@ -516,7 +546,13 @@ impl Meta {
 
     pub fn create(&self, parent: Ino, name: &[u8], new: &NewInode) -> FsResult<Inode> {
         check_new_name(name)?;
-        if new.kind == FileKind::Symlink && (new.symlink.is_empty() || new.symlink.len() > SYMLINK_BYTES_MAX) {
+        // A sealed target (protected directories) is longer than its plaintext.
+        let target_max = if new.symlink.first() == Some(&crate::names::SEALED_VERSION) {
+            crate::names::SEALED_TARGET_BYTES_MAX
+        } else {
+            SYMLINK_BYTES_MAX
+        };
+        if new.kind == FileKind::Symlink && (new.symlink.is_empty() || new.symlink.len() > target_max) {
             return Err(if new.symlink.is_empty() {
                 FsError::Invalid("empty symlink target")
             } else {
@@ -526,6 +562,7 @@ impl Meta {
         let _guard = self.lock();
         let mut txn = Txn::new(self);
         let dir = txn.dir(parent)?;
+        check_name_in(&dir, name)?;
         if dir.nlink == 0 {
             return Err(FsError::NotFound);
         }
@@ -566,6 +603,7 @@ impl Meta {
             } else {
                 Vec::new()
             },
+            policy: dir.policy,
         };
         txn.add_entry(parent, name, ino, new.kind)?;
         txn.set_inode(inode.clone());
@@ -584,7 +622,12 @@ impl Meta {
         if inode.nlink == 0 {
             return Err(FsError::NotFound);
         }
-        txn.dir(parent)?;
+        let dir = txn.dir(parent)?;
+        check_name_in(&dir, name)?;
+        if dir.policy != inode.policy {
+            // Its data is sealed under the other directory's key.
+            return Err(FsError::CrossDevice);
+        }
         if self.dentry(parent, name)?.is_some() {
             return Err(FsError::Exists);
         }
@@ -668,10 +711,16 @@ impl Meta {
         let _guard = self.lock();
         let mut txn = Txn::new(self);
         txn.dir(parent)?;
-        txn.dir(new_parent)?;
+        let to_dir = txn.dir(new_parent)?;
+        check_name_in(&to_dir, new_name)?;
         let entry = self.dentry(parent, name)?.ok_or(FsError::NotFound)?;
         if parent == new_parent && name == new_name {
             return Ok(());
+        }
+        if txn.inode(entry.ino)?.policy != to_dir.policy {
+            // Data and names below are sealed under another key: as across
+            // file systems, mv copies instead.
+            return Err(FsError::CrossDevice);
         }
         if entry.kind == FileKind::Dir && self.is_ancestor(entry.ino, new_parent)? {
             return Err(FsError::Invalid("cannot move a directory into itself"));
@@ -837,6 +886,7 @@ impl Meta {
             };
             let (ChunkOp::Replace(extent) | ChunkOp::Overlay(extent)) = &write.op;
             check_extent(extent, self.volume.chunk_bytes)?;
+            self.check_sealed_for(&inode, extent)?;
             // Piece ids are unique; a record that holds this piece already
             // took this write. A client that lost the answer (meta restarted
             // after the batch) sends it again: releasing the extents it
@@ -875,9 +925,9 @@ impl Meta {
         Ok(inode)
     }
 
-    pub fn open_file(&self, ino: Ino, session: u64) -> FsResult<()> {
+    pub fn open_file(&self, ino: Ino, session: u64) -> FsResult<Inode> {
         let _guard = self.lock();
-        self.inode(ino)?;
+        let inode = self.inode(ino)?;
         *self
             .opens
             .lock()
@@ -886,7 +936,7 @@ impl Meta {
             .or_default()
             .entry(session)
             .or_default() += 1;
-        Ok(())
+        Ok(inode)
     }
 
     pub fn release_file(&self, ino: Ino, session: u64) -> FsResult<()> {
@@ -1278,6 +1328,197 @@ impl Meta {
         Ok(unchanged)
     }
 
+    // ----- key policies (meta stores envelopes; it can open none) -----
+
+    pub fn policy(&self, id: PolicyId) -> FsResult<PolicyRecord> {
+        match self.kv.get(&keys::policy(id))? {
+            Some(bytes) => Ok(PolicyRecord::decode(&bytes)?),
+            None => Err(FsError::NotFound),
+        }
+    }
+
+    /// A piece committed to `inode` must be sealed under its policy's
+    /// current epoch: once a revoke made a new epoch, no new data is sealed
+    /// under a key the removed machine holds. A client that has not seen the
+    /// new epoch yet gets `Stale` and seals its piece again.
+    fn check_sealed_for(&self, inode: &Inode, extent: &Extent) -> FsResult<()> {
+        let piece = &extent.piece;
+        if piece.key_id != inode.policy {
+            return Err(FsError::Invalid("data sealed under another directory's key"));
+        }
+        if inode.policy != VOLUME_POLICY && self.policy(inode.policy)?.current_epoch != piece.key_epoch {
+            return Err(FsError::Stale);
+        }
+        Ok(())
+    }
+
+    /// Gives the empty directory `dir` a policy of its own at epoch 1.
+    pub fn protect(
+        &self,
+        dir: Ino,
+        group: String,
+        mut envelope: KeyEnvelope,
+        mut names: KeyEnvelope,
+    ) -> FsResult<PolicyRecord> {
+        if group.is_empty() || group.len() > sohofs_format::ENVELOPE_TEXT_BYTES_MAX {
+            return Err(FsError::Invalid("a policy names its LDAP group"));
+        }
+        let _guard = self.lock();
+        let mut txn = Txn::new(self);
+        let mut inode = txn.dir(dir)?;
+        if inode.policy != VOLUME_POLICY {
+            return Err(FsError::Exists);
+        }
+        if !self.is_empty_dir(dir)? {
+            // What is inside is sealed under the volume key, with plain names.
+            return Err(FsError::NotEmpty);
+        }
+        let id = txn.next(POLICY_COUNTER)?;
+        let policy = PolicyRecord {
+            id,
+            group,
+            dir,
+            current_epoch: 1,
+            live_epochs: vec![1],
+            created: now_ns(),
+        };
+        envelope.policy_id = id;
+        envelope.epoch = 1;
+        names.policy_id = id;
+        names.epoch = NAME_KEY_EPOCH;
+        inode.policy = id;
+        inode.ctime = now_ns();
+        txn.set_inode(inode);
+        txn.batch.put(keys::policy(id), policy.encode());
+        txn.batch.put(keys::envelope(id, 1), envelope.encode());
+        txn.batch.put(keys::envelope(id, NAME_KEY_EPOCH), names.encode());
+        txn.commit()?;
+        // Key changes are made durable before they are answered.
+        self.sync()?;
+        Ok(policy)
+    }
+
+    pub fn policies(&self) -> FsResult<Vec<PolicyRecord>> {
+        self.scan_all(keys::POLICY_PREFIX)?
+            .iter()
+            .map(|(_, value)| Ok(PolicyRecord::decode(value)?))
+            .collect()
+    }
+
+    pub fn envelopes(&self, policy: PolicyId) -> FsResult<Vec<KeyEnvelope>> {
+        self.policy(policy)?;
+        self.scan_all(&keys::envelope_prefix(policy))?
+            .iter()
+            .map(|(_, value)| Ok(KeyEnvelope::decode(value)?))
+            .collect()
+    }
+
+    /// Stores a re-wrapped envelope of the current epoch, or the first
+    /// envelope of the next epoch, which becomes current.
+    pub fn put_envelope(&self, envelope: KeyEnvelope, expect_epoch: u32) -> FsResult<PolicyRecord> {
+        let _guard = self.lock();
+        let mut policy = self.policy(envelope.policy_id)?;
+        if policy.current_epoch != expect_epoch {
+            return Err(FsError::Stale);
+        }
+        if envelope.epoch == policy.current_epoch + 1 {
+            if policy.live_epochs.len() >= POLICY_EPOCHS_MAX {
+                return Err(FsError::Invalid("too many key epochs waiting for a rekey"));
+            }
+            policy.current_epoch = envelope.epoch;
+            policy.live_epochs.push(envelope.epoch);
+        } else if envelope.epoch != policy.current_epoch && envelope.epoch != NAME_KEY_EPOCH {
+            return Err(FsError::Invalid("an envelope is for the current epoch or the next"));
+        }
+        let mut batch = Batch::default();
+        batch.put(keys::envelope(policy.id, envelope.epoch), envelope.encode());
+        batch.put(keys::policy(policy.id), policy.encode());
+        self.kv.write(batch)?;
+        self.sync()?;
+        Ok(policy)
+    }
+
+    /// Destroys an older epoch's envelope once no piece is sealed under it.
+    pub fn drop_epoch(&self, id: PolicyId, epoch: u32) -> FsResult<PolicyRecord> {
+        let _guard = self.lock();
+        let mut policy = self.policy(id)?;
+        if epoch == policy.current_epoch || epoch == NAME_KEY_EPOCH {
+            return Err(FsError::Invalid("the current epoch's key and the name key are in use"));
+        }
+        if !policy.live_epochs.contains(&epoch) {
+            return Ok(policy);
+        }
+        for (key, value) in self.scan_all(keys::INODE_PREFIX)? {
+            let inode = Inode::decode(&value)?;
+            if inode.policy != id || inode.kind != FileKind::File {
+                continue;
+            }
+            let Some(ino) = keys::ino_of(&key) else { continue };
+            for (_, record) in self.scan_all(&keys::chunk_prefix(ino))? {
+                let record = ChunkRecord::decode(&record)?;
+                if record.extents.iter().any(|e| e.piece.key_epoch == epoch) {
+                    return Err(FsError::NotEmpty);
+                }
+            }
+        }
+        policy.live_epochs.retain(|live| *live != epoch);
+        let mut batch = Batch::default();
+        batch.delete(keys::envelope(id, epoch));
+        batch.put(keys::policy(id), policy.encode());
+        self.kv.write(batch)?;
+        self.sync()?;
+        Ok(policy)
+    }
+
+    /// Regular files of a policy, in inode order after `after`.
+    pub fn policy_files(&self, id: PolicyId, after: Ino, limit: u32) -> FsResult<Vec<Ino>> {
+        let limit = limit.clamp(1, POLICY_FILES_MAX) as usize;
+        let mut out = Vec::new();
+        let mut cursor = keys::inode(after);
+        loop {
+            let page = self.kv.scan(keys::INODE_PREFIX, Some(&cursor), 1024)?;
+            let Some((last, _)) = page.last() else { break };
+            cursor = last.clone();
+            for (_, value) in &page {
+                let inode = Inode::decode(value)?;
+                if inode.policy == id && inode.kind == FileKind::File && inode.nlink > 0 {
+                    out.push(inode.ino);
+                    if out.len() == limit {
+                        return Ok(out);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Replaces a chunk's record by re-sealed extents if nobody changed it.
+    pub fn rekey_chunk(&self, ino: Ino, index: u64, expect: &[u128], extents: Vec<Extent>) -> FsResult<bool> {
+        let _guard = self.lock();
+        let inode = self.inode(ino)?;
+        for extent in &extents {
+            check_extent(extent, self.volume.chunk_bytes)?;
+            self.check_sealed_for(&inode, extent)?;
+        }
+        let key = keys::chunk(ino, index);
+        let old = match self.kv.get(&key)? {
+            Some(bytes) => ChunkRecord::decode(&bytes)?,
+            None => ChunkRecord::default(),
+        };
+        let mut txn = Txn::new(self);
+        let unchanged = old.extents.iter().map(|e| e.piece.id).eq(expect.iter().copied());
+        let new = ChunkRecord { extents };
+        let (keep, release) = if unchanged { (&new, &old) } else { (&old, &new) };
+        for extent in &release.extents {
+            txn.release_extent(extent)?;
+        }
+        if unchanged {
+            txn.batch.put(key, keep.encode());
+        }
+        txn.commit()?;
+        Ok(unchanged)
+    }
+
     /// Chunk records in key order after `after`, at most `limit`
     /// (bounded by [`READ_CHUNKS_MAX`]).
     pub fn list_chunks(&self, after: Option<(Ino, u64)>, limit: u32) -> FsResult<Vec<(Ino, u64, ChunkRecord)>> {
@@ -1456,10 +1697,7 @@ impl Meta {
                 size_at_least,
                 mtime,
             } => MetaResponse::Inode(self.commit_write(ino, &writes, size_at_least, mtime)?),
-            MetaRequest::Open { ino, session } => {
-                self.open_file(ino, session)?;
-                MetaResponse::Ok
-            }
+            MetaRequest::Open { ino, session } => MetaResponse::Inode(self.open_file(ino, session)?),
             MetaRequest::Release { ino, session } => {
                 self.release_file(ino, session)?;
                 MetaResponse::Ok
@@ -1498,6 +1736,27 @@ impl Meta {
                 MetaResponse::Ok
             }
             MetaRequest::Draining => MetaResponse::Draining(self.draining_nodes()?),
+            MetaRequest::Protect {
+                dir,
+                group,
+                envelope,
+                names,
+            } => MetaResponse::Policy(self.protect(dir, group, envelope, names)?),
+            MetaRequest::Policies => MetaResponse::Policies(self.policies()?),
+            MetaRequest::Envelopes { policy } => MetaResponse::Envelopes(self.envelopes(policy)?),
+            MetaRequest::PutEnvelope { envelope, expect_epoch } => {
+                MetaResponse::Policy(self.put_envelope(envelope, expect_epoch)?)
+            }
+            MetaRequest::DropEpoch { policy, epoch } => MetaResponse::Policy(self.drop_epoch(policy, epoch)?),
+            MetaRequest::PolicyFiles { policy, after, limit } => {
+                MetaResponse::Inos(self.policy_files(policy, after, limit)?)
+            }
+            MetaRequest::RekeyChunk {
+                ino,
+                index,
+                expect,
+                extents,
+            } => MetaResponse::Replaced(self.rekey_chunk(ino, index, &expect, extents)?),
         })
     }
 }

@@ -121,6 +121,12 @@ impl std::fmt::Debug for NameKey {
     }
 }
 
+/// Whether `name` has the shape of a sealed name (binary: it may hold '/'
+/// or NUL).
+pub fn looks_sealed(name: &[u8]) -> bool {
+    name.first() == Some(&SEALED_VERSION) && (1 + SIV_TAG_BYTES + 1..=SEALED_NAME_BYTES_MAX).contains(&name.len())
+}
+
 /// Seals `name`, an entry of directory `dir`. Refuses what could not be a
 /// single path component.
 pub fn seal_name(key: &NameKey, dir: u64, name: &[u8]) -> Result<Vec<u8>, NameError> {

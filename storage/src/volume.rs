@@ -19,7 +19,10 @@ use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use sohofs_format::messages::{ChunkOp, ChunkWrite, MetaRequest, MetaResponse, NewInode, NodeStatus, ShardRef};
-use sohofs_format::{ChunkRecord, Extent, NodeId, Piece, PieceBody, ShardLoc, VolumeRecord};
+use sohofs_format::{
+    ChunkRecord, Extent, KeyEnvelope, NodeId, Piece, PieceBody, PolicyId, PolicyRecord, ShardLoc, VolumeRecord,
+    VOLUME_POLICY,
+};
 use tokio::sync::{Mutex, Semaphore};
 use tokio::task::JoinHandle;
 
@@ -29,7 +32,9 @@ pub use sohofs_format::{FileKind, Ino, Inode as Attr, TimeNs, ROOT_INO};
 use crate::codec::{self, DataKey, PiecePlace};
 use crate::error::{FsError, FsResult};
 use crate::fault;
+use crate::keytable::{KeyOpener, KeyTable};
 use crate::meta::now_ns;
+use crate::names;
 use crate::peers::{MetaClient, NodeClient};
 use crate::placement::{choose_nodes, NodeView};
 use crate::rpc::Transport;
@@ -47,14 +52,56 @@ pub const READAHEAD_CHUNKS: u64 = 2;
 pub const EXTENTS_PER_CHUNK_MAX: usize = 16;
 /// How often the client refreshes its view of the nodes.
 pub const NODE_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+/// Directories whose policy a client remembers.
+const DIR_POLICIES_CACHED: usize = 65_536;
 /// Chunk records fetched per meta call when a file is read.
 const CHUNK_RECORDS_PER_CALL: u32 = 64;
 
+/// Passes a rekey makes before it gives up on writers that keep sealing
+/// under an older epoch (clients follow a new epoch within a second).
+const REKEY_PASSES_MAX: usize = 10;
+
+/// How far a rekey has come.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RekeyProgress {
+    pub files_total: u64,
+    pub files_done: u64,
+    pub chunks_rekeyed: u64,
+    pub epochs_destroyed: u64,
+}
+
+/// Whether one piece opened with this client's keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PieceCheck {
+    pub index: u64,
+    pub piece_id: u128,
+    pub policy: PolicyId,
+    pub epoch: u32,
+    /// `None` when it opened.
+    pub error: Option<FsError>,
+}
+
+/// Times a span is sealed again because its policy's key epoch changed.
+const RESEAL_ATTEMPTS_MAX: usize = 3;
+
 /// How a client reaches its cluster and opens its data.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct VolumeConfig {
     pub meta_addrs: Vec<String>,
+    /// The volume key (the standard tier, policy 0).
     pub data_key: DataKey,
+    /// Opens protected directories' key envelopes with this machine's
+    /// identity; without one, every protected directory is EACCES.
+    pub opener: Option<Arc<dyn KeyOpener>>,
+}
+
+impl std::fmt::Debug for VolumeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VolumeConfig")
+            .field("meta_addrs", &self.meta_addrs)
+            .field("opener", &self.opener.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// A contiguous dirty range of one chunk, not yet committed.
@@ -112,6 +159,8 @@ struct Book {
 }
 
 struct OpenFile {
+    /// The key policy of the file's data (from meta at open).
+    policy: std::sync::atomic::AtomicU64,
     state: Mutex<FileState>,
     book: StdMutex<Book>,
     handles: std::sync::atomic::AtomicU32,
@@ -129,6 +178,7 @@ impl Book {
 impl OpenFile {
     fn new() -> Arc<Self> {
         Arc::new(OpenFile {
+            policy: std::sync::atomic::AtomicU64::new(VOLUME_POLICY),
             state: Mutex::new(FileState::default()),
             book: StdMutex::new(Book::default()),
             handles: std::sync::atomic::AtomicU32::new(0),
@@ -173,7 +223,11 @@ struct CachedChunk {
 struct Inner {
     meta: MetaClient,
     volume: VolumeRecord,
-    key: DataKey,
+    keys: StdMutex<KeyTable>,
+    opener: Option<Arc<dyn KeyOpener>>,
+    /// The policy of each directory seen (a directory's policy changes only
+    /// when `dir protect` gives an empty one its own).
+    dir_policies: StdMutex<lru::LruCache<Ino, PolicyId>>,
     session: u64,
     transport: Transport,
     nodes: StdMutex<HashMap<NodeId, NodeEntry>>,
@@ -230,7 +284,11 @@ impl Volume {
         let inner = Arc::new(Inner {
             meta,
             volume,
-            key: config.data_key,
+            keys: StdMutex::new(KeyTable::new(config.data_key)),
+            opener: config.opener,
+            dir_policies: StdMutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(DIR_POLICIES_CACHED).expect("non-zero cache size"),
+            )),
             session: rand::random(),
             transport,
             nodes: StdMutex::new(HashMap::new()),
@@ -245,13 +303,18 @@ impl Volume {
         });
         let volume = Volume { inner };
         volume.refresh_nodes().await?;
+        volume.refresh_keys().await?;
         let weak = Arc::downgrade(&volume.inner);
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(NODE_REFRESH_INTERVAL).await;
                 let Some(inner) = weak.upgrade() else { break };
-                if let Err(error) = (Volume { inner }).refresh_nodes().await {
+                let volume = Volume { inner };
+                if let Err(error) = volume.refresh_nodes().await {
                     tracing::debug!(%error, "node refresh failed");
+                }
+                if let Err(error) = volume.refresh_keys().await {
+                    tracing::debug!(%error, "key policy refresh failed");
                 }
             }
         });
@@ -288,6 +351,138 @@ impl Volume {
             nodes.insert(id, NodeEntry { status, client });
         }
         Ok(moved)
+    }
+
+    /// Follows meta's key policies: opens the envelopes of epochs not tried
+    /// yet, forgets destroyed ones, and so loses access when this machine
+    /// is no longer among the current epoch's recipients.
+    pub async fn refresh_keys(&self) -> FsResult<()> {
+        let records = match self.inner.meta.call(&MetaRequest::Policies).await? {
+            MetaResponse::Policies(records) => records,
+            _ => return Err(FsError::Protocol("meta answered Policies with something else".into())),
+        };
+        let to_fetch = self.keys().update(records);
+        if !to_fetch.is_empty() {
+            // Access may have been lost: no decoded chunk may outlive it.
+            self.inner.cache.lock().expect("chunk cache lock").clear();
+            // A directory protected since this client cached its policy
+            // (a new policy) must be looked at again.
+            self.inner.dir_policies.lock().expect("dir policy cache lock").clear();
+        }
+        for policy in to_fetch {
+            let envelopes = self.envelopes(policy).await?;
+            // Unwrapping is an X25519 per stanza, done only when an epoch
+            // appears: cheap and rare enough to do under the lock.
+            self.keys().take_envelopes(&envelopes, self.inner.opener.as_deref());
+        }
+        Ok(())
+    }
+
+    fn keys(&self) -> std::sync::MutexGuard<'_, KeyTable> {
+        self.inner.keys.lock().expect("key table lock")
+    }
+
+    /// The stored envelopes of a policy (ciphertext; for admin tools).
+    pub async fn envelopes(&self, policy: PolicyId) -> FsResult<Vec<KeyEnvelope>> {
+        match self.inner.meta.call(&MetaRequest::Envelopes { policy }).await? {
+            MetaResponse::Envelopes(envelopes) => Ok(envelopes),
+            _ => Err(FsError::Protocol("meta answered Envelopes with something else".into())),
+        }
+    }
+
+    /// Every key policy meta holds.
+    pub async fn policies(&self) -> FsResult<Vec<PolicyRecord>> {
+        match self.inner.meta.call(&MetaRequest::Policies).await? {
+            MetaResponse::Policies(records) => Ok(records),
+            _ => Err(FsError::Protocol("meta answered Policies with something else".into())),
+        }
+    }
+
+    /// The key of `policy` at `epoch` (0: the name key), if this machine
+    /// holds it and has access (an admin re-wrapping it needs it).
+    pub fn held_key(&self, policy: PolicyId, epoch: u32) -> Option<DataKey> {
+        self.keys().held(policy, epoch)
+    }
+
+    /// Whether this machine may read and write data of `policy` now.
+    pub fn has_access(&self, policy: PolicyId) -> bool {
+        self.keys().has_access(policy)
+    }
+
+    /// [`Volume::has_access`], looking at meta's policies first when this
+    /// client has not seen `policy` yet (a directory protected since the
+    /// last refresh): no spurious EACCES right after `dir protect`.
+    async fn may_use(&self, policy: PolicyId) -> FsResult<bool> {
+        if policy != VOLUME_POLICY && self.keys().record(policy).is_none() {
+            self.refresh_keys().await?;
+        }
+        Ok(self.has_access(policy))
+    }
+
+    fn remember_policy(&self, attr: &Attr) {
+        if attr.kind == FileKind::Dir {
+            self.inner
+                .dir_policies
+                .lock()
+                .expect("dir policy cache lock")
+                .put(attr.ino, attr.policy);
+        }
+    }
+
+    /// The policy of directory `dir`, refusing (EACCES) when it is
+    /// protected and this machine is not approved for its key now.
+    async fn dir_access(&self, dir: Ino) -> FsResult<PolicyId> {
+        let cached = self
+            .inner
+            .dir_policies
+            .lock()
+            .expect("dir policy cache lock")
+            .get(&dir)
+            .copied();
+        let policy = match cached {
+            Some(policy) => policy,
+            None => {
+                let attr = expect_inode(self.inner.meta.call(&MetaRequest::GetAttr { ino: dir }).await?)?;
+                self.remember_policy(&attr);
+                attr.policy
+            }
+        };
+        if self.may_use(policy).await? {
+            Ok(policy)
+        } else {
+            Err(FsError::Access)
+        }
+    }
+
+    /// Forgets a directory's policy (meta said our view of it is stale).
+    fn forget_policy(&self, dir: Ino) {
+        self.inner.dir_policies.lock().expect("dir policy cache lock").pop(&dir);
+    }
+
+    /// `name` as stored in directory `dir` of `policy`: sealed in a protected
+    /// directory (AES-SIV, so that lookup works), as given elsewhere.
+    fn stored_name(&self, dir: Ino, policy: PolicyId, name: &[u8]) -> FsResult<Vec<u8>> {
+        if policy == VOLUME_POLICY {
+            return Ok(name.to_vec());
+        }
+        let key = self.keys().name_key(policy)?;
+        Ok(names::seal_name(&key, dir, name)?)
+    }
+
+    /// A name of directory `dir` as the user sees it.
+    fn shown_name(&self, dir: Ino, policy: PolicyId, stored: &[u8]) -> FsResult<Vec<u8>> {
+        if policy == VOLUME_POLICY {
+            return Ok(stored.to_vec());
+        }
+        let key = self.keys().name_key(policy)?;
+        Ok(names::open_name(&key, dir, stored)?)
+    }
+
+    /// Looks up `name` in `parent` (sealing it first if need be): the
+    /// stored name and the parent's policy, or EACCES.
+    async fn entry_name(&self, parent: Ino, name: &[u8]) -> FsResult<Vec<u8>> {
+        let policy = self.dir_access(parent).await?;
+        self.stored_name(parent, policy, name)
     }
 
     fn node_client(&self, id: NodeId) -> Option<(Arc<NodeClient>, bool)> {
@@ -329,23 +524,21 @@ impl Volume {
     // ----- namespace -----
 
     pub async fn lookup(&self, parent: Ino, name: &[u8]) -> FsResult<Attr> {
-        let attr = expect_inode(
-            self.meta(MetaRequest::Lookup {
-                parent,
-                name: name.to_vec(),
-            })
-            .await?,
-        )?;
+        let stored = self.entry_name(parent, name).await?;
+        let attr = expect_inode(self.meta(MetaRequest::Lookup { parent, name: stored }).await?)?;
+        self.remember_policy(&attr);
         Ok(self.with_local_view(attr).await)
     }
 
     pub async fn getattr(&self, ino: Ino) -> FsResult<Attr> {
         let attr = expect_inode(self.meta(MetaRequest::GetAttr { ino }).await?)?;
+        self.remember_policy(&attr);
         Ok(self.with_local_view(attr).await)
     }
 
     /// Lays this client's uncommitted size and times over meta's attributes.
-    async fn with_local_view(&self, mut attr: Attr) -> Attr {
+    async fn with_local_view(&self, attr: Attr) -> Attr {
+        let mut attr = shown_attr(attr);
         if let Some(file) = self.open_file(attr.ino) {
             let state = file.state.lock().await;
             if state.size_known {
@@ -403,6 +596,7 @@ impl Volume {
         let file = self
             .open_file(ino)
             .ok_or(FsError::Invalid("append to a file that is not open"))?;
+        self.check_file_access(&file)?;
         // The size and the write must be one step: hold the state lock across.
         let mut state = file.state.lock().await;
         self.ensure_size(ino, &mut state).await?;
@@ -412,14 +606,33 @@ impl Volume {
     }
 
     async fn create_inode(&self, parent: Ino, name: &[u8], inode: NewInode) -> FsResult<Attr> {
-        expect_inode(
+        match self.try_create_inode(parent, name, inode.clone()).await {
+            // The directory was protected after this client looked at it.
+            Err(FsError::Stale) => {
+                self.forget_policy(parent);
+                self.try_create_inode(parent, name, inode).await
+            }
+            other => other,
+        }
+    }
+
+    async fn try_create_inode(&self, parent: Ino, name: &[u8], mut inode: NewInode) -> FsResult<Attr> {
+        let policy = self.dir_access(parent).await?;
+        let stored = self.stored_name(parent, policy, name)?;
+        if inode.kind == FileKind::Symlink && policy != VOLUME_POLICY {
+            let key = self.keys().name_key(policy)?;
+            inode.symlink = names::seal_target(&key, &inode.symlink)?;
+        }
+        let attr = expect_inode(
             self.meta(MetaRequest::Create {
                 parent,
-                name: name.to_vec(),
+                name: stored,
                 inode,
             })
             .await?,
-        )
+        )?;
+        self.remember_policy(&attr);
+        Ok(shown_attr(attr))
     }
 
     pub async fn mkdir(&self, parent: Ino, name: &[u8], perm: u16, uid: u32, gid: u32) -> FsResult<Attr> {
@@ -483,60 +696,111 @@ impl Volume {
         if attr.kind != FileKind::Symlink {
             return Err(FsError::Invalid("not a symlink"));
         }
-        Ok(attr.symlink)
+        if attr.policy == VOLUME_POLICY {
+            return Ok(attr.symlink);
+        }
+        let key = self.keys().name_key(attr.policy)?;
+        Ok(names::open_target(&key, &attr.symlink)?)
     }
 
     pub async fn link(&self, ino: Ino, parent: Ino, name: &[u8]) -> FsResult<Attr> {
-        let attr = expect_inode(
-            self.meta(MetaRequest::Link {
+        let stored = self.entry_name(parent, name).await?;
+        let attr = match self
+            .meta(MetaRequest::Link {
                 ino,
                 parent,
-                name: name.to_vec(),
+                name: stored,
             })
-            .await?,
-        )?;
+            .await
+        {
+            Err(FsError::Stale) => {
+                self.forget_policy(parent);
+                let stored = self.entry_name(parent, name).await?;
+                self.meta(MetaRequest::Link {
+                    ino,
+                    parent,
+                    name: stored,
+                })
+                .await?
+            }
+            other => other?,
+        };
+        let attr = expect_inode(attr)?;
         Ok(self.with_local_view(attr).await)
     }
 
     pub async fn unlink(&self, parent: Ino, name: &[u8]) -> FsResult<()> {
-        expect_ok(
-            self.meta(MetaRequest::Unlink {
-                parent,
-                name: name.to_vec(),
-            })
-            .await?,
-        )
+        let stored = self.entry_name(parent, name).await?;
+        expect_ok(self.meta(MetaRequest::Unlink { parent, name: stored }).await?)
     }
 
     pub async fn rmdir(&self, parent: Ino, name: &[u8]) -> FsResult<()> {
-        expect_ok(
-            self.meta(MetaRequest::Rmdir {
-                parent,
-                name: name.to_vec(),
-            })
-            .await?,
-        )
+        // "." and ".." are refused by meta; they are never sealed.
+        let stored = if name == b"." || name == b".." {
+            name.to_vec()
+        } else {
+            self.entry_name(parent, name).await?
+        };
+        expect_ok(self.meta(MetaRequest::Rmdir { parent, name: stored }).await?)
     }
 
     pub async fn rename(&self, parent: Ino, name: &[u8], new_parent: Ino, new_name: &[u8], flags: u32) -> FsResult<()> {
-        expect_ok(
-            self.meta(MetaRequest::Rename {
+        let mut retried = false;
+        loop {
+            let request = MetaRequest::Rename {
                 parent,
-                name: name.to_vec(),
+                name: self.entry_name(parent, name).await?,
                 new_parent,
-                new_name: new_name.to_vec(),
+                new_name: self.entry_name(new_parent, new_name).await?,
                 flags,
-            })
-            .await?,
-        )
+            };
+            match self.meta(request).await {
+                Err(FsError::Stale) if !retried => {
+                    self.forget_policy(new_parent);
+                    retried = true;
+                }
+                other => return expect_ok(other?),
+            }
+        }
+    }
+
+    /// Checks that this machine may list directory `dir` (EACCES for a
+    /// protected directory whose key it does not hold).
+    pub async fn open_dir(&self, dir: Ino) -> FsResult<()> {
+        // Asks meta, not the cache: the directory may have been protected
+        // by another machine since this client last looked.
+        self.forget_policy(dir);
+        self.dir_access(dir).await.map(|_| ())
     }
 
     /// Entries of `dir` after sequence number `after_seq`, in sequence order.
     pub async fn readdir(&self, dir: Ino, after_seq: u64, limit: u32) -> FsResult<Vec<DirEntry>> {
-        match self.meta(MetaRequest::ReadDir { dir, after_seq, limit }).await? {
-            MetaResponse::Entries(entries) => Ok(entries),
-            _ => Err(FsError::Protocol("meta answered ReadDir with something else".into())),
+        let mut policy = self.dir_access(dir).await?;
+        let entries = match self.meta(MetaRequest::ReadDir { dir, after_seq, limit }).await? {
+            MetaResponse::Entries(entries) => entries,
+            _ => return Err(FsError::Protocol("meta answered ReadDir with something else".into())),
+        };
+        if policy == VOLUME_POLICY && entries.iter().any(|e| names::looks_sealed(&e.name)) {
+            // Sealed names: the directory may have been protected since this
+            // client cached its policy. Never show ciphertext as a name.
+            self.forget_policy(dir);
+            policy = self.dir_access(dir).await?;
         }
+        if policy == VOLUME_POLICY {
+            return Ok(entries);
+        }
+        let mut shown = Vec::with_capacity(entries.len());
+        for mut entry in entries {
+            match self.shown_name(dir, policy, &entry.name) {
+                Ok(name) => {
+                    entry.name = name;
+                    shown.push(entry);
+                }
+                // One damaged name must not hide the rest of the directory.
+                Err(error) => tracing::error!(dir, seq = entry.seq, %error, "an entry name does not open; skipped"),
+            }
+        }
+        Ok(shown)
     }
 
     pub async fn statfs(&self) -> FsResult<StatFs> {
@@ -602,6 +866,226 @@ impl Volume {
         }
     }
 
+    // ----- key policies (protected directories) -----
+
+    /// Gives the empty directory `dir` its own key, wrapped in `envelope`.
+    /// `envelope` holds the data key of epoch 1, `names` the name key.
+    pub async fn protect(
+        &self,
+        dir: Ino,
+        group: &str,
+        envelope: KeyEnvelope,
+        names: KeyEnvelope,
+    ) -> FsResult<PolicyRecord> {
+        let policy = match self
+            .meta(MetaRequest::Protect {
+                dir,
+                group: group.to_string(),
+                envelope,
+                names,
+            })
+            .await?
+        {
+            MetaResponse::Policy(policy) => policy,
+            _ => return Err(FsError::Protocol("meta answered Protect with something else".into())),
+        };
+        self.inner.dir_policies.lock().expect("dir policy cache lock").pop(&dir);
+        self.refresh_keys().await?;
+        Ok(policy)
+    }
+
+    /// Stores an envelope of the current epoch (a grant) or of the next (a
+    /// revoke: new data is sealed under the new key at once).
+    pub async fn put_envelope(&self, envelope: KeyEnvelope, expect_epoch: u32) -> FsResult<PolicyRecord> {
+        let policy = match self.meta(MetaRequest::PutEnvelope { envelope, expect_epoch }).await? {
+            MetaResponse::Policy(policy) => policy,
+            _ => {
+                return Err(FsError::Protocol(
+                    "meta answered PutEnvelope with something else".into(),
+                ))
+            }
+        };
+        self.refresh_keys().await?;
+        Ok(policy)
+    }
+
+    /// Re-seals every piece of `policy` still under an older epoch with the
+    /// current epoch's key, then destroys the older epochs' envelopes.
+    /// Resumable: what is done is in the chunk records, so running it again
+    /// after a crash carries on (a piece stored but not committed is an
+    /// orphan the collector sweeps).
+    pub async fn rekey(&self, policy: PolicyId, progress: &(dyn Fn(RekeyProgress) + Sync)) -> FsResult<RekeyProgress> {
+        let mut done = RekeyProgress::default();
+        for _pass in 0..REKEY_PASSES_MAX {
+            self.refresh_keys().await?;
+            let record = self.keys().record(policy).cloned().ok_or(FsError::NotFound)?;
+            let (current, _) = self.keys().sealing(policy)?;
+            let older: Vec<u32> = record.live_epochs.iter().copied().filter(|e| *e != current).collect();
+            if older.is_empty() {
+                return Ok(done);
+            }
+            let files = self.policy_files(policy).await?;
+            done.files_total = files.len() as u64;
+            done.files_done = 0;
+            progress(done);
+            for ino in files {
+                match self.rekey_file(ino, policy, current).await {
+                    Ok(chunks) => done.chunks_rekeyed += chunks,
+                    // Deleted meanwhile: nothing left to re-seal.
+                    Err(FsError::NotFound) => {}
+                    Err(error) => return Err(error),
+                }
+                done.files_done += 1;
+                progress(done);
+            }
+            let mut left = false;
+            for epoch in older {
+                match self.meta(MetaRequest::DropEpoch { policy, epoch }).await {
+                    Ok(MetaResponse::Policy(_)) => done.epochs_destroyed += 1,
+                    Ok(_) => return Err(FsError::Protocol("meta answered DropEpoch with something else".into())),
+                    Err(FsError::NotEmpty) => left = true,
+                    Err(error) => return Err(error),
+                }
+            }
+            if !left {
+                self.refresh_keys().await?;
+                return Ok(done);
+            }
+        }
+        Err(FsError::Unavailable(
+            "pieces under an older key kept appearing; run the rekey again".into(),
+        ))
+    }
+
+    async fn policy_files(&self, policy: PolicyId) -> FsResult<Vec<Ino>> {
+        let mut files = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = match self
+                .inner
+                .meta
+                .call(&MetaRequest::PolicyFiles {
+                    policy,
+                    after,
+                    limit: u32::MAX,
+                })
+                .await?
+            {
+                MetaResponse::Inos(page) => page,
+                _ => {
+                    return Err(FsError::Protocol(
+                        "meta answered PolicyFiles with something else".into(),
+                    ))
+                }
+            };
+            let Some(last) = page.last() else { return Ok(files) };
+            after = *last;
+            files.extend(page);
+        }
+    }
+
+    /// Re-seals the chunks of one file that hold a piece of another epoch;
+    /// returns how many were replaced.
+    async fn rekey_file(&self, ino: Ino, policy: PolicyId, current: u32) -> FsResult<u64> {
+        let mut rekeyed = 0;
+        let mut first_index = 0;
+        loop {
+            let records = match self
+                .inner
+                .meta
+                .call(&MetaRequest::ReadChunks {
+                    ino,
+                    first_index,
+                    count: CHUNK_RECORDS_PER_CALL,
+                })
+                .await?
+            {
+                MetaResponse::Chunks(records) => records,
+                _ => return Err(FsError::Protocol("meta answered ReadChunks with something else".into())),
+            };
+            let Some((last, _)) = records.last() else {
+                return Ok(rekeyed);
+            };
+            first_index = last + 1;
+            for (index, record) in records {
+                if record.extents.iter().all(|e| e.piece.key_epoch == current) {
+                    continue;
+                }
+                let plain = self.decode_chunk(ino, index, &record).await?;
+                if plain.is_empty() {
+                    continue;
+                }
+                let piece = self.store_piece(ino, index, 0, plain, policy).await?;
+                let extent = Extent {
+                    offset: 0,
+                    len: piece.plain_len,
+                    piece,
+                };
+                let expect = record.extents.iter().map(|e| e.piece.id).collect();
+                match self
+                    .meta(MetaRequest::RekeyChunk {
+                        ino,
+                        index,
+                        expect,
+                        extents: vec![extent],
+                    })
+                    .await?
+                {
+                    // Not replaced: a client changed the chunk meanwhile;
+                    // the next pass looks at it again.
+                    MetaResponse::Replaced(replaced) => rekeyed += replaced as u64,
+                    _ => return Err(FsError::Protocol("meta answered RekeyChunk with something else".into())),
+                }
+                self.drop_cached_chunk(ino, index);
+                fault::failpoint_async(fault::REKEY_AFTER_CHUNK).await?;
+            }
+        }
+    }
+
+    /// Tries to open every piece of a file with the keys this client holds:
+    /// what a machine's identity can and cannot decrypt, chunk by chunk.
+    pub async fn check_pieces(&self, ino: Ino) -> FsResult<Vec<PieceCheck>> {
+        let mut out = Vec::new();
+        let mut first_index = 0;
+        loop {
+            let records = match self
+                .inner
+                .meta
+                .call(&MetaRequest::ReadChunks {
+                    ino,
+                    first_index,
+                    count: CHUNK_RECORDS_PER_CALL,
+                })
+                .await?
+            {
+                MetaResponse::Chunks(records) => records,
+                _ => return Err(FsError::Protocol("meta answered ReadChunks with something else".into())),
+            };
+            let Some((last, _)) = records.last() else {
+                return Ok(out);
+            };
+            first_index = last + 1;
+            for (index, record) in records {
+                for extent in &record.extents {
+                    // The key as the identity unwraps it, access or not: what
+                    // the cryptography allows, not what the client permits.
+                    let key = self.keys().unwrapped(extent.piece.key_id, extent.piece.key_epoch);
+                    let opened = match key {
+                        Some(key) => self.open_piece_with(ino, index, &extent.piece, key).await,
+                        None => Err(FsError::Access),
+                    };
+                    out.push(PieceCheck {
+                        index,
+                        piece_id: extent.piece.id,
+                        policy: extent.piece.key_id,
+                        epoch: extent.piece.key_epoch,
+                        error: opened.err(),
+                    });
+                }
+            }
+        }
+    }
+
     // ----- open files -----
 
     fn open_file(&self, ino: Ino) -> Option<Arc<OpenFile>> {
@@ -617,17 +1101,27 @@ impl Volume {
     /// [`Volume::open`], given the size meta reported in the same exchange
     /// (a file just created), which saves asking again at the first write.
     async fn open_with_size(&self, ino: Ino, fresh_size: Option<u64>) -> FsResult<()> {
-        expect_ok(
+        let attr = expect_inode(
             self.meta(MetaRequest::Open {
                 ino,
                 session: self.inner.session,
             })
             .await?,
         )?;
+        if !self.may_use(attr.policy).await? {
+            let _ = self
+                .meta(MetaRequest::Release {
+                    ino,
+                    session: self.inner.session,
+                })
+                .await;
+            return Err(FsError::Access);
+        }
         let file = {
             let mut files = self.inner.files.lock().expect("open files lock");
             files.entry(ino).or_insert_with(OpenFile::new).clone()
         };
+        file.policy.store(attr.policy, std::sync::atomic::Ordering::Relaxed);
         if file.handles.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
             let mut state = file.state.lock().await;
             let mut book = file.book();
@@ -712,9 +1206,20 @@ impl Volume {
             Some(file) => file,
             None => return Err(FsError::Invalid("write to a file that is not open")),
         };
+        self.check_file_access(&file)?;
         let mut state = file.state.lock().await;
         self.ensure_size(ino, &mut state).await?;
         self.write_locked(ino, &file, &mut state, offset, data).await
+    }
+
+    /// A file of a protected directory whose key this machine lost (a sync
+    /// took it out of the group) takes no more writes.
+    fn check_file_access(&self, file: &OpenFile) -> FsResult<()> {
+        if self.has_access(file.policy.load(std::sync::atomic::Ordering::Relaxed)) {
+            Ok(())
+        } else {
+            Err(FsError::Access)
+        }
     }
 
     async fn write_locked(
@@ -864,18 +1369,12 @@ impl Volume {
         } else {
             (span.offset, span.data.clone())
         };
-        let piece = self.store_piece(ino, index, offset, plain).await?;
+        let policy = file.policy.load(std::sync::atomic::Ordering::Relaxed);
+        // A protected file's span may have to be sealed again under a key
+        // epoch that a revoke made while it was on its way.
+        let again = (policy != VOLUME_POLICY).then(|| plain.clone());
+        let mut piece = self.store_piece(ino, index, offset, plain, policy).await?;
         fault::failpoint_async(fault::VOLUME_AFTER_SHARDS_PUT).await?;
-        let extent = Extent {
-            offset,
-            len: piece.plain_len,
-            piece,
-        };
-        let op = if offset == 0 && (fold || extent.len == self.inner.volume.chunk_bytes) {
-            ChunkOp::Replace(extent)
-        } else {
-            ChunkOp::Overlay(extent)
-        };
         if let Some(previous) = previous {
             let _ = previous.await;
         }
@@ -888,13 +1387,39 @@ impl Volume {
             // hole would hide that. Stop here.
             return Err(error);
         }
-        self.meta(MetaRequest::CommitWrite {
-            ino,
-            writes: vec![ChunkWrite { index, op }],
-            size_at_least,
-            mtime,
-        })
-        .await?;
+        let mut resealed = 0;
+        loop {
+            let extent = Extent {
+                offset,
+                len: piece.plain_len,
+                piece,
+            };
+            let op = if offset == 0 && (fold || extent.len == self.inner.volume.chunk_bytes) {
+                ChunkOp::Replace(extent)
+            } else {
+                ChunkOp::Overlay(extent)
+            };
+            let committed = self
+                .meta(MetaRequest::CommitWrite {
+                    ino,
+                    writes: vec![ChunkWrite { index, op }],
+                    size_at_least,
+                    mtime,
+                })
+                .await;
+            match (committed, &again) {
+                // The policy has a newer key epoch than this client used.
+                (Err(FsError::Stale), Some(plain)) if resealed < RESEAL_ATTEMPTS_MAX => {
+                    resealed += 1;
+                    self.refresh_keys().await?;
+                    piece = self.store_piece(ino, index, offset, plain.clone(), policy).await?;
+                }
+                (committed, _) => {
+                    committed?;
+                    break;
+                }
+            }
+        }
         self.fetch_record(ino, index).await
     }
 
@@ -920,22 +1445,22 @@ impl Volume {
 
     /// Seals `plain` for its place and stores it: inline in the record when
     /// tiny, else as a stripe on k+m nodes of distinct hosts.
-    async fn store_piece(&self, ino: Ino, index: u64, base: u32, plain: Vec<u8>) -> FsResult<Piece> {
+    async fn store_piece(&self, ino: Ino, index: u64, base: u32, plain: Vec<u8>, policy: PolicyId) -> FsResult<Piece> {
         let volume = &self.inner.volume;
         let piece_id: u128 = rand::random();
+        let (key_epoch, key) = self.keys().sealing(policy)?;
         let place = PiecePlace {
             volume_id: volume.volume_id,
             ino,
             chunk_index: index,
             base,
             piece_id,
-            key_id: 0,
-            key_epoch: 0,
+            key_id: policy,
+            key_epoch,
         };
         let plain_len = plain.len() as u32;
         let inline = index == 0 && base == 0 && plain.len() <= volume.inline_bytes_max as usize;
         let (k, m) = (volume.data_shards as usize, volume.parity_shards as usize);
-        let key = self.inner.key.clone();
         /// What the blocking pool hands back: sealed bytes to keep inline, or
         /// their stripe.
         enum Encoded {
@@ -978,8 +1503,8 @@ impl Volume {
             id: piece_id,
             base,
             plain_len,
-            key_id: 0,
-            key_epoch: 0,
+            key_id: policy,
+            key_epoch,
             body,
         })
     }
@@ -1147,6 +1672,8 @@ impl Volume {
     }
 
     async fn read_with(&self, ino: Ino, file: &Arc<OpenFile>, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        // Decoded chunks are cached: check before the cache can answer.
+        self.check_file_access(file)?;
         let chunk_bytes = self.inner.volume.chunk_bytes as u64;
         let file_size = {
             let mut state = file.state.lock().await;
@@ -1396,6 +1923,12 @@ impl Volume {
     }
 
     async fn open_piece(&self, ino: Ino, index: u64, piece: &Piece) -> FsResult<Vec<u8>> {
+        // Before any shard is fetched: a machine without the key reads nothing.
+        let key = self.keys().opening(piece.key_id, piece.key_epoch)?;
+        self.open_piece_with(ino, index, piece, key).await
+    }
+
+    async fn open_piece_with(&self, ino: Ino, index: u64, piece: &Piece, key: DataKey) -> FsResult<Vec<u8>> {
         let place = PiecePlace {
             volume_id: self.inner.volume.volume_id,
             ino,
@@ -1424,7 +1957,6 @@ impl Volume {
                 }
             }
         };
-        let key = self.inner.key.clone();
         let plain_len = piece.plain_len as usize;
         let plain = tokio::task::spawn_blocking(move || codec::open(&key, &place, &sealed))
             .await
@@ -1553,6 +2085,15 @@ impl Volume {
     }
 }
 
+/// An inode as the user sees it: a sealed symlink target's size is its
+/// plaintext's.
+fn shown_attr(mut attr: Attr) -> Attr {
+    if attr.kind == FileKind::Symlink && attr.policy != VOLUME_POLICY {
+        attr.size = attr.size.saturating_sub((1 + names::SIV_TAG_BYTES) as u64);
+    }
+    attr
+}
+
 /// Whether `request` changes what meta stores (and so may need a sync).
 fn changes_volume(request: &MetaRequest) -> bool {
     match request {
@@ -1564,8 +2105,15 @@ fn changes_volume(request: &MetaRequest) -> bool {
         | MetaRequest::Rename { .. }
         | MetaRequest::SetXattr { .. }
         | MetaRequest::RemoveXattr { .. }
-        | MetaRequest::CommitWrite { .. } => true,
-        MetaRequest::Volume
+        | MetaRequest::CommitWrite { .. }
+        | MetaRequest::Protect { .. }
+        | MetaRequest::PutEnvelope { .. }
+        | MetaRequest::DropEpoch { .. }
+        | MetaRequest::RekeyChunk { .. } => true,
+        MetaRequest::Policies
+        | MetaRequest::Envelopes { .. }
+        | MetaRequest::PolicyFiles { .. }
+        | MetaRequest::Volume
         | MetaRequest::Lookup { .. }
         | MetaRequest::GetAttr { .. }
         | MetaRequest::ReadDir { .. }

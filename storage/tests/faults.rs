@@ -119,6 +119,7 @@ impl Cluster {
             VolumeConfig {
                 meta_addrs: vec![self.meta_addr.clone()],
                 data_key: self.key.clone(),
+                opener: None,
             },
             transport,
         )

@@ -98,6 +98,7 @@ async fn a_scheduled_scrub_finds_a_flipped_byte_and_meta_rewrites_the_shard() {
     let volume = Volume::connect(VolumeConfig {
         meta_addrs: vec![meta_addr.clone()],
         data_key: key.clone(),
+        opener: None,
     })
     .await
     .unwrap();
@@ -129,6 +130,7 @@ async fn a_scheduled_scrub_finds_a_flipped_byte_and_meta_rewrites_the_shard() {
     let fresh = Volume::connect(VolumeConfig {
         meta_addrs: vec![meta_addr],
         data_key: key,
+        opener: None,
     })
     .await
     .unwrap();
@@ -219,6 +221,7 @@ async fn orphans_older_than_the_safety_window_are_collected_and_young_ones_kept(
     let volume = Volume::connect(VolumeConfig {
         meta_addrs: vec![meta_addr.clone()],
         data_key: key.clone(),
+        opener: None,
     })
     .await
     .unwrap();
@@ -280,6 +283,7 @@ async fn orphans_older_than_the_safety_window_are_collected_and_young_ones_kept(
     let fresh = Volume::connect(VolumeConfig {
         meta_addrs: vec![meta_addr],
         data_key: key,
+        opener: None,
     })
     .await
     .unwrap();

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use sohofs_format::messages::{ChunkOp, ChunkWrite, NewInode, SetAttr};
 use sohofs_format::{
-    ChunkRecord, Extent, FileKind, Ino, Inode, NodeId, NodeRecord, Piece, PieceBody, ShardLoc, FIRST_ENTRY_SEQ,
-    ROOT_INO,
+    ChunkRecord, EnvelopeRecipient, Extent, FileKind, Ino, Inode, KeyEnvelope, NodeId, NodeRecord, Piece, PieceBody,
+    ShardLoc, FIRST_ENTRY_SEQ, ROOT_INO,
 };
 use sohofs_storage::heal::HealSettings;
 use sohofs_storage::kv::{Batch, KvStore, MemKv, RocksKv};
@@ -1310,6 +1310,149 @@ fn remove_node_waits_for_the_drain(backend: Backend) {
     assert!(queued(&meta, 2).is_empty());
 }
 
+fn envelope(epoch: u32, tag: u8) -> KeyEnvelope {
+    KeyEnvelope {
+        policy_id: 0,
+        epoch,
+        recipients: vec![EnvelopeRecipient {
+            machine: "cn=ws-alpha".into(),
+            recipient: "age1example".into(),
+        }],
+        age: vec![tag; 40],
+    }
+}
+
+/// A name as `storage::names` seals it: version byte, tag, ciphertext.
+fn sealed(tag: u8) -> Vec<u8> {
+    let mut name = vec![sohofs_storage::names::SEALED_VERSION];
+    name.extend_from_slice(&[tag; 20]);
+    name
+}
+
+fn keyed(mut extent: Extent, policy: u64, epoch: u32) -> Extent {
+    extent.piece.key_id = policy;
+    extent.piece.key_epoch = epoch;
+    extent
+}
+
+fn protected_directories_keep_their_keys_and_their_names_sealed(backend: Backend) {
+    let (_store, meta) = new_meta(backend);
+    let finance = dir(&meta, ROOT_INO, "finance");
+    let full = dir(&meta, ROOT_INO, "full");
+    file(&meta, full.ino, "inside");
+    assert_eq!(
+        meta.protect(full.ino, "cn=g".into(), envelope(1, 1), envelope(0, 2))
+            .unwrap_err(),
+        FsError::NotEmpty,
+        "what is inside is under the volume key"
+    );
+    let policy = meta
+        .protect(finance.ino, "cn=finance".into(), envelope(9, 1), envelope(9, 2))
+        .unwrap();
+    assert_eq!((policy.current_epoch, policy.live_epochs.clone()), (1, vec![1]));
+    assert_eq!(meta.inode(finance.ino).unwrap().policy, policy.id);
+    assert_eq!(
+        meta.protect(finance.ino, "cn=finance".into(), envelope(1, 1), envelope(0, 2))
+            .unwrap_err(),
+        FsError::Exists
+    );
+    let stored: Vec<(u64, u32, u8)> = meta
+        .envelopes(policy.id)
+        .unwrap()
+        .iter()
+        .map(|e| (e.policy_id, e.epoch, e.age[0]))
+        .collect();
+    assert_eq!(
+        stored,
+        vec![(policy.id, 0, 2), (policy.id, 1, 1)],
+        "meta numbers the envelopes"
+    );
+    assert_eq!(meta.policies().unwrap(), vec![policy.clone()]);
+
+    // Entries of a protected directory are sealed: a plain name comes from
+    // a client that has not seen the protect yet.
+    let new = new_inode(FileKind::File, 0o600, 1, 1);
+    assert_eq!(
+        meta.create(finance.ino, b"plain.txt", &new).unwrap_err(),
+        FsError::Stale
+    );
+    let inside = meta.create(finance.ino, &sealed(1), &new).unwrap();
+    assert_eq!(inside.policy, policy.id, "children inherit the policy");
+    let sub = meta
+        .create(finance.ino, &sealed(2), &new_inode(FileKind::Dir, 0o700, 1, 1))
+        .unwrap();
+    assert_eq!(sub.policy, policy.id);
+    // Leaving the policy, by link or rename, is a cross-device move.
+    assert_eq!(
+        meta.link(inside.ino, ROOT_INO, b"out").unwrap_err(),
+        FsError::CrossDevice
+    );
+    assert_eq!(
+        meta.rename(finance.ino, &sealed(1), ROOT_INO, b"out", 0).unwrap_err(),
+        FsError::CrossDevice
+    );
+    let outside = file(&meta, ROOT_INO, "outside");
+    assert_eq!(
+        meta.rename(ROOT_INO, b"outside", finance.ino, &sealed(3), 0)
+            .unwrap_err(),
+        FsError::CrossDevice
+    );
+    meta.rename(finance.ino, &sealed(1), sub.ino, &sealed(4), 0).unwrap();
+
+    // Data must be sealed under the file's policy at its current epoch.
+    let under = |epoch| keyed(inline(11, 10), policy.id, epoch);
+    assert!(matches!(
+        meta.commit_write(outside.ino, &[replace(0, under(1))], 10, 0),
+        Err(FsError::Invalid(_))
+    ));
+    assert!(matches!(
+        meta.commit_write(inside.ino, &[replace(0, inline(12, 10))], 10, 0),
+        Err(FsError::Invalid(_))
+    ));
+    commit(&meta, inside.ino, vec![replace(0, under(1))], 10);
+
+    // A revoke: epoch 2 becomes current; epoch 1 pieces stay readable.
+    assert_eq!(
+        meta.put_envelope(envelope(2, 3), 0).unwrap_err(),
+        FsError::Stale,
+        "wrong expected epoch"
+    );
+    let mut next = envelope(2, 3);
+    next.policy_id = policy.id;
+    let policy2 = meta.put_envelope(next, 1).unwrap();
+    assert_eq!((policy2.current_epoch, policy2.live_epochs.clone()), (2, vec![1, 2]));
+    assert_eq!(
+        meta.commit_write(inside.ino, &[overlay(0, under(1))], 10, 0)
+            .unwrap_err(),
+        FsError::Stale,
+        "nothing new is sealed under the revoked epoch"
+    );
+    assert_eq!(
+        meta.drop_epoch(policy.id, 1).unwrap_err(),
+        FsError::NotEmpty,
+        "a piece is still under it"
+    );
+
+    // The rekey replaces the record only if nobody changed it meanwhile.
+    let rekeyed = keyed(inline(13, 10), policy.id, 2);
+    assert!(!meta.rekey_chunk(inside.ino, 0, &[99], vec![rekeyed.clone()]).unwrap());
+    assert_eq!(meta.read_chunks(inside.ino, 0, 1).unwrap()[0].1.extents[0].piece.id, 11);
+    assert!(meta.rekey_chunk(inside.ino, 0, &[11], vec![rekeyed]).unwrap());
+    assert_eq!(
+        meta.read_chunks(inside.ino, 0, 1).unwrap()[0].1.extents[0]
+            .piece
+            .key_epoch,
+        2
+    );
+    assert_eq!(meta.policy_files(policy.id, 0, 100).unwrap(), vec![inside.ino]);
+    let dropped = meta.drop_epoch(policy.id, 1).unwrap();
+    assert_eq!(dropped.live_epochs, vec![2]);
+    let epochs: Vec<u32> = meta.envelopes(policy.id).unwrap().iter().map(|e| e.epoch).collect();
+    assert_eq!(epochs, vec![0, 2], "epoch 1's key is destroyed; the name key stays");
+    assert!(matches!(meta.drop_epoch(policy.id, 2), Err(FsError::Invalid(_))));
+    assert!(matches!(meta.drop_epoch(policy.id, 0), Err(FsError::Invalid(_))));
+}
+
 macro_rules! both_stores {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -1347,4 +1490,5 @@ both_stores!(
     commit_repair_moves_shards_or_drops_a_raced_repair,
     grace_period_separates_down_from_lost,
     remove_node_waits_for_the_drain,
+    protected_directories_keep_their_keys_and_their_names_sealed,
 );

@@ -125,6 +125,7 @@ impl Cluster {
         Volume::connect(VolumeConfig {
             meta_addrs: vec![self.meta_addr.clone()],
             data_key: self.key.clone(),
+            opener: None,
         })
         .await
         .unwrap()
