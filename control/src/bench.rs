@@ -926,6 +926,7 @@ impl BenchCluster {
             dir: dir.clone(),
             mount: dir.join("unused-mount"),
             grace_period: Some(GRACE_PERIOD_S),
+            identity: None,
         };
         let mut config = up::prepare(&args, &dir)?;
         config.heal.rebuild_bytes_per_s = REBUILD_BYTES_PER_S;
@@ -1057,7 +1058,7 @@ impl BenchCluster {
     }
 
     async fn client(&self) -> Result<Volume> {
-        let volume = crate::mount::connect(&self.config, &self.config_path).await?;
+        let volume = crate::mount::connect(&self.config, &self.config_path, None).await?;
         volume.refresh_nodes().await?;
         Ok(volume)
     }

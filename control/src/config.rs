@@ -32,6 +32,14 @@ pub struct ClusterConfig {
     /// Relative file paths in it are relative to the config file's folder.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ldap: Option<LdapConfig>,
+    /// This machine's identity for protected directories (an age identity
+    /// file or an SSH ed25519 host key; relative to the config's folder).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    /// Where key grants, revokes, unwraps, rekeys and denials are written as
+    /// ECS JSON lines (relative to the config's folder).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_log: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -175,6 +183,8 @@ mod tests {
                 ..HealSection::default()
             },
             ldap: None,
+            identity: Some("machine.age".into()),
+            audit_log: None,
         };
         let path = dir.path().join(CONFIG_FILE);
         config.save(&path).unwrap();

@@ -27,6 +27,31 @@ pub enum DebugVerb {
         #[arg(long)]
         json: bool,
     },
+    /// Try to decrypt every piece of a file with the keys one machine
+    /// identity unwraps (whether or not it is approved now): which chunks
+    /// that machine's key material can read. Reads shards, prints no data.
+    Pieces {
+        #[arg(long)]
+        config: std::path::PathBuf,
+        /// The machine identity to try (age identity file or SSH key).
+        #[arg(long)]
+        identity: Option<std::path::PathBuf>,
+        /// Print JSON instead of lines.
+        #[arg(long)]
+        json: bool,
+        /// The file, as a path inside the volume (`/finance/report.txt`).
+        path: String,
+    },
+}
+
+#[derive(Serialize)]
+struct PieceJson {
+    chunk: u64,
+    piece: String,
+    policy: u64,
+    epoch: u32,
+    opened: bool,
+    error: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -47,8 +72,58 @@ struct StripeJson {
 }
 
 pub async fn run(verb: DebugVerb) -> Result<()> {
-    let DebugVerb::Stripes { config, json } = verb;
-    stripes(&config, json).await
+    match verb {
+        DebugVerb::Stripes { config, json } => stripes(&config, json).await,
+        DebugVerb::Pieces {
+            config,
+            identity,
+            json,
+            path,
+        } => pieces(&config, identity.as_deref(), &path, json).await,
+    }
+}
+
+async fn pieces(config_path: &Path, identity: Option<&Path>, path: &str, json: bool) -> Result<()> {
+    let config = ClusterConfig::load(config_path)?;
+    let volume = crate::mount::connect(&config, config_path, identity).await?;
+    // The file is found by its inode: the identity may not be allowed to
+    // look up its (sealed) name, so the admin's view of the path is not
+    // used; PATH must be reachable with this identity or be given as
+    // `inode:N`.
+    let ino = match path.strip_prefix("inode:") {
+        Some(number) => number.parse().with_context(|| format!("{path}: not an inode number"))?,
+        None => crate::protect::resolve(&volume, path).await?.ino,
+    };
+    let checks = volume
+        .check_pieces(ino)
+        .await
+        .with_context(|| format!("read the chunk records of {path}"))?;
+    let rows: Vec<PieceJson> = checks
+        .into_iter()
+        .map(|check| PieceJson {
+            chunk: check.index,
+            piece: format!("{:032x}", check.piece_id),
+            policy: check.policy,
+            epoch: check.epoch,
+            opened: check.error.is_none(),
+            error: check.error.map(|e| e.to_string()),
+        })
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    for row in &rows {
+        println!(
+            "chunk {} piece {} policy {} epoch {}: {}",
+            row.chunk,
+            row.piece,
+            row.policy,
+            row.epoch,
+            row.error.as_deref().unwrap_or("opens")
+        );
+    }
+    Ok(())
 }
 
 async fn stripes(config_path: &Path, json: bool) -> Result<()> {

@@ -46,12 +46,43 @@ pub enum KeyringVerb {
         #[arg(long)]
         json: bool,
     },
+    /// Reconcile every protected directory's key with LDAP: grant new
+    /// members, revoke removed ones (new key epoch, then a resumable rekey).
+    Sync {
+        #[arg(long)]
+        config: PathBuf,
+        /// This machine's identity: needed to re-wrap a key to new members
+        /// (default: the config's `identity`, else the SSH host key).
+        #[arg(long)]
+        identity: Option<PathBuf>,
+        /// Say what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the protected directories' policies: group, machines, epochs.
+    Status {
+        #[arg(long)]
+        config: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub async fn run(verb: KeyringVerb) -> Result<()> {
     match verb {
         KeyringVerb::Init { identity, json } => init(identity.as_deref(), json),
         KeyringVerb::Check { config, identity, json } => check(&config, identity.as_deref(), json).await,
+        KeyringVerb::Sync {
+            config,
+            identity,
+            dry_run,
+            json,
+        } => crate::protect::sync(&config, identity.as_deref(), dry_run, json).await,
+        KeyringVerb::Status { config, json } => crate::protect::status(&config, json).await,
     }
 }
 

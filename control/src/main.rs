@@ -11,6 +11,7 @@ mod keyring;
 mod mount;
 mod nfs;
 mod node;
+mod protect;
 mod scrub;
 mod services;
 mod status;
@@ -40,6 +41,11 @@ enum Command {
         /// The cluster config (DIR/sohofs.toml).
         #[arg(long)]
         config: PathBuf,
+        /// This machine's identity for protected directories (age
+        /// identity file or SSH ed25519 key; default: the config's
+        /// `identity`, else the SSH host key).
+        #[arg(long)]
+        identity: Option<PathBuf>,
         /// Where to mount.
         mountpoint: PathBuf,
     },
@@ -72,6 +78,16 @@ enum Command {
     Debug {
         #[command(subcommand)]
         verb: debug::DebugVerb,
+    },
+    /// Protected directories: give one its own key, or show a directory's tier.
+    Dir {
+        #[command(subcommand)]
+        verb: protect::DirVerb,
+    },
+    /// Home directories for an LDAP group's users, each with its own key.
+    Home {
+        #[command(subcommand)]
+        verb: protect::HomeVerb,
     },
     /// This machine's keyring and LDAP approval.
     Keyring {
@@ -128,7 +144,11 @@ fn keep_chunk_buffers_on_the_heap() {
 fn end_quietly_when_the_reader_goes(command: &Command) {
     let reports = matches!(
         command,
-        Command::Status { .. } | Command::Scrub { .. } | Command::Debug { .. } | Command::Keyring { .. }
+        Command::Status { .. }
+            | Command::Scrub { .. }
+            | Command::Debug { .. }
+            | Command::Keyring { .. }
+            | Command::Dir { .. }
     ) || matches!(command, Command::Node { verb } if !matches!(verb, node::NodeVerb::Serve(_)));
     if reports {
         // SAFETY: restoring a signal's default disposition before any other
@@ -169,7 +189,13 @@ fn main() {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Up(args) => up::run(args).await,
-            Command::Mount { config, mountpoint } => mount::run(&config, &mountpoint).await,
+            Command::Mount {
+                config,
+                identity,
+                mountpoint,
+            } => mount::run(&config, &mountpoint, identity.as_deref()).await,
+            Command::Dir { verb } => protect::run_dir(verb).await,
+            Command::Home { verb } => protect::run_home(verb).await,
             Command::Nfs { verb } => nfs::run(verb).await,
             Command::Status { config, json } => status::run(&config, json).await,
             Command::Scrub { config, now, json } => scrub::run(&config, now, json).await,

@@ -11,11 +11,16 @@ use crate::config::ClusterConfig;
 /// How long an unmount may wait for busy files before it detaches lazily.
 const UNMOUNT_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub async fn connect(config: &ClusterConfig, config_path: &Path) -> Result<Volume> {
+/// Connects as a client. `identity` (else the config's `identity`, else the
+/// SSH host key when readable) opens protected directories' keys; without
+/// any, those directories are EACCES and the rest of the volume works.
+pub async fn connect(config: &ClusterConfig, config_path: &Path, identity: Option<&Path>) -> Result<Volume> {
     let data_key = config.data_key(config_path)?;
+    let opener = crate::protect::opener(config, config_path, identity)?;
     Volume::connect(VolumeConfig {
         meta_addrs: config.meta.clone(),
         data_key,
+        opener,
     })
     .await
     .with_context(|| format!("connect to meta at {}", config.meta.join(", ")))
@@ -78,10 +83,10 @@ pub async fn unmount(session: fuser::BackgroundSession, mountpoint: &Path) {
         .status();
 }
 
-pub async fn run(config_path: &Path, mountpoint: &Path) -> Result<()> {
+pub async fn run(config_path: &Path, mountpoint: &Path, identity: Option<&Path>) -> Result<()> {
     check_mountpoint(mountpoint)?;
     let config = ClusterConfig::load(config_path)?;
-    let volume = connect(&config, config_path).await?;
+    let volume = connect(&config, config_path, identity).await?;
     let session = mount_volume(volume, mountpoint)?;
     println!(
         "sohofs: mounted at {}; stop with Ctrl-C (or SIGTERM)",

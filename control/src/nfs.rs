@@ -38,6 +38,11 @@ pub struct ServeArgs {
     /// ranges (10/8, 172.16/12, 192.168/16, fc00::/7, fe80::/10).
     #[arg(long = "allow", value_name = "CIDR")]
     allow: Vec<ipnet::IpNet>,
+    /// This machine's identity for protected directories (age identity file
+    /// or SSH ed25519 key; default: the config's `identity`, else the SSH
+    /// host key).
+    #[arg(long)]
+    identity: Option<PathBuf>,
 }
 
 pub async fn run(verb: NfsVerb) -> Result<()> {
@@ -48,7 +53,7 @@ pub async fn run(verb: NfsVerb) -> Result<()> {
 
 async fn serve(args: ServeArgs) -> Result<()> {
     let config = ClusterConfig::load(&args.config)?;
-    let volume = crate::mount::connect(&config, &args.config).await?;
+    let volume = crate::mount::connect(&config, &args.config, args.identity.as_deref()).await?;
     let options = GatewayOptions {
         listen: args.listen,
         export: args.export,

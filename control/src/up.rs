@@ -52,6 +52,11 @@ pub struct UpArgs {
     /// hosts (kept in DIR/sohofs.toml; default 600).
     #[arg(long, value_name = "SECS")]
     pub grace_period: Option<u64>,
+    /// This machine's identity for protected directories (age identity file
+    /// or SSH ed25519 key; default: the config's `identity`, else the SSH
+    /// host key).
+    #[arg(long)]
+    pub identity: Option<PathBuf>,
 }
 
 /// Resolves when the process gets SIGINT or SIGTERM.
@@ -207,6 +212,8 @@ pub(crate) fn prepare(args: &UpArgs, dir: &Path) -> Result<ClusterConfig> {
         heal,
         // An [ldap] table the administrator added survives restarts.
         ldap: previous.as_ref().and_then(|p| p.ldap.clone()),
+        identity: previous.as_ref().and_then(|p| p.identity.clone()),
+        audit_log: previous.as_ref().and_then(|p| p.audit_log.clone()),
     };
     config.save(&config_path)?;
     Ok(config)
@@ -452,7 +459,15 @@ pub async fn run(args: UpArgs) -> Result<()> {
         meta: None,
         nodes: Vec::new(),
     };
-    let result = run_cluster(&config, &config_path, &dir, &mountpoint, &mut children).await;
+    let result = run_cluster(
+        &config,
+        &config_path,
+        &dir,
+        &mountpoint,
+        args.identity.as_deref(),
+        &mut children,
+    )
+    .await;
     children.stop().await;
     if result.is_ok() {
         println!("sohofs: stopped; the volume's data stays in {}", dir.display());
@@ -465,6 +480,7 @@ async fn run_cluster(
     config_path: &Path,
     dir: &Path,
     mountpoint: &Path,
+    identity: Option<&Path>,
     children: &mut Children,
 ) -> Result<()> {
     let meta_addr = config.meta[0].clone();
@@ -476,7 +492,7 @@ async fn run_cluster(
         let child = start_node(config, dir, node)?;
         children.nodes.push((node.id, child));
     }
-    let volume = crate::mount::connect(config, config_path).await?;
+    let volume = crate::mount::connect(config, config_path, identity).await?;
     let wanted = config.nodes.len();
     let deadline = Instant::now() + START_TIMEOUT;
     let mut port_retries = 0;

@@ -405,6 +405,12 @@ impl Cluster {
     /// Starts a second client, `sohofs mount --config DIR/sohofs.toml MNT`,
     /// and returns once its mount is ready.
     pub fn mount_client(&self) -> Client<'_> {
+        self.mount_client_with_args(&[])
+    }
+
+    /// [`Cluster::mount_client`] with more arguments for `mount`
+    /// (`--identity FILE`).
+    pub fn mount_client_with_args(&self, args: &[&str]) -> Client<'_> {
         let number = self.clients_started.get() + 1;
         self.clients_started.set(number);
         let mount_dir = self.root.join(format!("client-{number}"));
@@ -415,6 +421,7 @@ impl Cluster {
             .arg("mount")
             .arg("--config")
             .arg(self.config_path())
+            .args(args)
             .arg(&mount_dir);
         let child = self.spawn_logged(command, &log);
         // The client owns the child before the wait, so that a failed wait
