@@ -3,10 +3,13 @@
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use sohofs_storage::volume::{Volume, VolumeConfig};
+use anyhow::{bail, Context, Result};
+use sohofs_format::VOLUME_POLICY;
+use sohofs_storage::codec::DataKey;
+use sohofs_storage::keytable::{KeyEvent, KeyOpener};
+use sohofs_storage::volume::{volume_envelope, Volume, VolumeConfig};
 
-use crate::config::ClusterConfig;
+use crate::config::{folder_of, ClusterConfig};
 
 /// How long an unmount may wait for busy files before it detaches lazily.
 const UNMOUNT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -14,9 +17,18 @@ const UNMOUNT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connects as a client. `identity` (else the config's `identity`, else the
 /// SSH host key when readable) opens protected directories' keys; without
 /// any, those directories are EACCES and the rest of the volume works.
+///
+/// The volume key comes from the config's key file when this machine has it
+/// (the machine that ran `up`), else from the envelope `keyring sync` wraps
+/// to the LDAP cluster group, opened with the identity.
 pub async fn connect(config: &ClusterConfig, config_path: &Path, identity: Option<&Path>) -> Result<Volume> {
-    let data_key = config.data_key(config_path)?;
     let opener = crate::protect::opener(config, config_path, identity)?;
+    let key_file = folder_of(config_path).join(&config.data_key_file);
+    let data_key = if key_file.exists() {
+        config.data_key(config_path)?
+    } else {
+        volume_key_from_envelope(config, &key_file, opener.as_deref()).await?
+    };
     Volume::connect(VolumeConfig {
         meta_addrs: config.meta.clone(),
         data_key,
@@ -24,6 +36,62 @@ pub async fn connect(config: &ClusterConfig, config_path: &Path, identity: Optio
     })
     .await
     .with_context(|| format!("connect to meta at {}", config.meta.join(", ")))
+}
+
+/// The volume key, unwrapped from meta's envelope with this machine's
+/// identity (a machine of the cluster group without the key file).
+async fn volume_key_from_envelope(
+    config: &ClusterConfig,
+    key_file: &Path,
+    opener: Option<&dyn KeyOpener>,
+) -> Result<DataKey> {
+    let envelope = volume_envelope(&config.meta)
+        .await
+        .with_context(|| format!("connect to meta at {} for the volume key", config.meta.join(", ")))?;
+    let Some(envelope) = envelope else {
+        bail!(
+            "no volume key: {} is missing and the volume key has not been wrapped to the LDAP cluster group \
+             (run `sohofs keyring sync` on the machine that has the key file)",
+            key_file.display()
+        );
+    };
+    let Some(opener) = opener else {
+        bail!(
+            "no volume key: {} is missing and this machine has no identity to open the volume key's envelope \
+             (give --identity or the config's `identity`)",
+            key_file.display()
+        );
+    };
+    match opener.open(&envelope) {
+        Ok(Some(key)) => {
+            opener.event(KeyEvent::Unwrapped {
+                policy: VOLUME_POLICY,
+                epoch: 0,
+                group: cluster_group(config),
+            });
+            Ok(key)
+        }
+        Ok(None) => {
+            opener.event(KeyEvent::Denied {
+                policy: VOLUME_POLICY,
+                epoch: 0,
+                group: cluster_group(config),
+            });
+            bail!(
+            "this machine is not approved for the volume: its identity is not among the recipients of the volume key \
+             (is it in the LDAP cluster group, and has `sohofs keyring sync` run since?)"
+            )
+        }
+        Err(error) => bail!("the volume key's envelope does not open: {error}"),
+    }
+}
+
+fn cluster_group(config: &ClusterConfig) -> String {
+    config
+        .ldap
+        .as_ref()
+        .map(|l| l.cluster_group.clone())
+        .unwrap_or_default()
 }
 
 /// Checks that `mountpoint` is an empty folder that nothing is mounted on,

@@ -312,7 +312,13 @@ async fn show(config_path: &Path, path: &str, json: bool) -> Result<()> {
         live_epochs: Vec::new(),
         machines: Vec::new(),
     };
-    if attr.policy != VOLUME_POLICY {
+    if attr.policy == VOLUME_POLICY {
+        // The volume key's envelope, once a sync has made it.
+        if let Some(envelope) = volume.envelopes(VOLUME_POLICY).await?.into_iter().next() {
+            document.machines = machines_of(&envelope);
+            document.group = config.ldap.as_ref().map(|l| l.cluster_group.clone());
+        }
+    } else {
         let policies = volume.policies().await?;
         let policy = policies
             .into_iter()
@@ -342,6 +348,12 @@ async fn show(config_path: &Path, path: &str, json: bool) -> Result<()> {
         return Ok(());
     }
     println!("{}: {} tier", document.path, document.tier);
+    if document.policy.is_none() && !document.machines.is_empty() {
+        println!("the volume key is wrapped to:");
+        for machine in &document.machines {
+            println!("  {}  {}", machine.machine, machine.recipient);
+        }
+    }
     if let (Some(policy), Some(group), Some(epoch)) = (document.policy, &document.group, document.current_epoch) {
         println!(
             "policy {policy}, group {group}, key epoch {epoch} (live: {:?})",
@@ -484,12 +496,22 @@ pub async fn sync(config_path: &Path, identity: Option<&Path>, dry_run: bool, js
         }
         report.push(entry);
     }
+    if let Some(group) = config.ldap.as_ref().map(|l| l.cluster_group.clone()) {
+        report.push(sync_volume_key(&volume, &mut directory, &group, &log, dry_run).await?);
+    }
     directory.close().await;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         for entry in &report {
             let verb = if dry_run { "would" } else { "did" };
+            if entry.policy == VOLUME_POLICY {
+                println!(
+                    "standard tier (the volume key, {}): {verb} grant {:?}, remove {:?}",
+                    entry.group, entry.granted, entry.revoked
+                );
+                continue;
+            }
             println!(
                 "policy {} ({}): {verb} grant {:?}, revoke {:?}; epoch {} -> {}",
                 entry.policy, entry.group, entry.granted, entry.revoked, entry.epoch_before, entry.epoch_after
@@ -503,6 +525,71 @@ pub async fn sync(config_path: &Path, identity: Option<&Path>, dry_run: bool, js
         }
     }
     Ok(())
+}
+
+/// The standard tier: the volume key wrapped to the machines of the cluster
+/// group, so that a machine of the group mounts without the key file. The
+/// volume key is never rotated (that would re-seal the whole volume): a
+/// machine taken out of the group loses its stanza, but one that kept the
+/// key could still read standard-tier data it can reach. Data that must be
+/// revocable belongs in a protected directory.
+async fn sync_volume_key(
+    volume: &Volume,
+    directory: &mut Directory,
+    group: &str,
+    log: &Option<AuditLog>,
+    dry_run: bool,
+) -> Result<PolicySync> {
+    let grantees = grantees(directory, group).await?;
+    let envelopes = volume.envelopes(VOLUME_POLICY).await?;
+    let had: BTreeSet<(String, String)> = envelopes
+        .iter()
+        .flat_map(|e| e.recipients.iter().map(|r| (r.machine.clone(), r.recipient.clone())))
+        .collect();
+    let want: BTreeSet<(String, String)> = grantees
+        .iter()
+        .map(|g| (g.machine.clone(), g.recipient.to_string()))
+        .collect();
+    let entry = PolicySync {
+        policy: VOLUME_POLICY,
+        group: group.to_string(),
+        granted: want.difference(&had).map(|(m, _)| m.clone()).collect(),
+        revoked: had.difference(&want).map(|(m, _)| m.clone()).collect(),
+        epoch_before: 0,
+        epoch_after: 0,
+        rekey: None,
+    };
+    if dry_run || (entry.granted.is_empty() && entry.revoked.is_empty()) {
+        return Ok(entry);
+    }
+    if grantees.is_empty() {
+        eprintln!("note: no machine of {group} has a usable key; the volume key's envelope is left as it is");
+        return Ok(entry);
+    }
+    let key = sohofs_keyring::DataKey::from_bytes(*volume.volume_key().as_bytes());
+    let envelope = seal_envelope(VOLUME_POLICY, 0, &key, &grantees).context("wrap the volume key")?;
+    let record = volume.put_envelope(envelope, 0).await?;
+    for machine in &entry.granted {
+        audit(
+            log,
+            AuditAction::KeyGrant,
+            machine,
+            &record,
+            0,
+            "machine granted the volume key",
+        );
+    }
+    for machine in &entry.revoked {
+        audit(
+            log,
+            AuditAction::KeyRevoke,
+            machine,
+            &record,
+            0,
+            "machine's stanza of the volume key removed (the volume key is not rotated)",
+        );
+    }
+    Ok(entry)
 }
 
 /// A key of a policy (epoch 0: the name key), from this machine's key table.
@@ -568,6 +655,8 @@ async fn rekey(volume: &Volume, policy: &PolicyRecord, log: &Option<AuditLog>, j
 
 #[derive(Serialize)]
 struct StatusJson {
+    /// "protected", or "standard" for the volume key's envelope (policy 0).
+    tier: &'static str,
     policy: u64,
     group: String,
     dir: Ino,
@@ -599,6 +688,7 @@ pub async fn status(config_path: &Path, json: bool) -> Result<()> {
             })
             .unwrap_or_default();
         out.push(StatusJson {
+            tier: "protected",
             policy: policy.id,
             group: policy.group,
             dir: policy.dir,
@@ -608,14 +698,42 @@ pub async fn status(config_path: &Path, json: bool) -> Result<()> {
             machines,
         });
     }
+    // The standard tier, once a sync has wrapped the volume key.
+    if let Some(envelope) = volume.envelopes(VOLUME_POLICY).await?.into_iter().next() {
+        out.push(StatusJson {
+            tier: "standard",
+            policy: VOLUME_POLICY,
+            group: config
+                .ldap
+                .as_ref()
+                .map(|l| l.cluster_group.clone())
+                .unwrap_or_default(),
+            dir: ROOT_INO,
+            current_epoch: 0,
+            live_epochs: vec![0],
+            rekey_pending: false,
+            machines: machines_of(&envelope),
+        });
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    if out.is_empty() {
+    if out.iter().all(|p| p.tier != "protected") {
         println!("no protected directories");
     }
     for policy in &out {
+        if policy.tier == "standard" {
+            println!(
+                "standard tier: the volume key is wrapped to {} machine key(s) of {}",
+                policy.machines.len(),
+                policy.group
+            );
+            for machine in &policy.machines {
+                println!("  {}", machine.machine);
+            }
+            continue;
+        }
         println!(
             "policy {} (dir inode {}): group {}, epoch {}{}",
             policy.policy,
@@ -633,6 +751,17 @@ pub async fn status(config_path: &Path, json: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn machines_of(envelope: &KeyEnvelope) -> Vec<MachineJson> {
+    envelope
+        .recipients
+        .iter()
+        .map(|r| MachineJson {
+            machine: r.machine.clone(),
+            recipient: r.recipient.clone(),
+        })
+        .collect()
 }
 
 #[derive(Subcommand)]

@@ -1406,7 +1406,11 @@ impl Meta {
     }
 
     pub fn envelopes(&self, policy: PolicyId) -> FsResult<Vec<KeyEnvelope>> {
-        self.policy(policy)?;
+        // The standard tier (policy 0) has no record: its one envelope, if a
+        // sync made it, is the volume key wrapped to the cluster group.
+        if policy != VOLUME_POLICY {
+            self.policy(policy)?;
+        }
         self.scan_all(&keys::envelope_prefix(policy))?
             .iter()
             .map(|(_, value)| Ok(KeyEnvelope::decode(value)?))
@@ -1417,6 +1421,9 @@ impl Meta {
     /// envelope of the next epoch, which becomes current.
     pub fn put_envelope(&self, envelope: KeyEnvelope, expect_epoch: u32) -> FsResult<PolicyRecord> {
         let _guard = self.lock();
+        if envelope.policy_id == VOLUME_POLICY {
+            return self.put_volume_envelope(envelope);
+        }
         let mut policy = self.policy(envelope.policy_id)?;
         if policy.current_epoch != expect_epoch {
             return Err(FsError::Stale);
@@ -1436,6 +1443,27 @@ impl Meta {
         self.kv.write(batch)?;
         self.sync()?;
         Ok(policy)
+    }
+
+    /// The volume key (standard tier) wrapped to the cluster group's
+    /// machines: one envelope at epoch 0, replaced whole at every sync (the
+    /// volume key itself never changes).
+    fn put_volume_envelope(&self, envelope: KeyEnvelope) -> FsResult<PolicyRecord> {
+        if envelope.epoch != 0 {
+            return Err(FsError::Invalid("the volume key's envelope is of epoch 0"));
+        }
+        let mut batch = Batch::default();
+        batch.put(keys::envelope(VOLUME_POLICY, 0), envelope.encode());
+        self.kv.write(batch)?;
+        self.sync()?;
+        Ok(PolicyRecord {
+            id: VOLUME_POLICY,
+            group: String::new(),
+            dir: ROOT_INO,
+            current_epoch: 0,
+            live_epochs: vec![0],
+            created: 0,
+        })
     }
 
     /// Destroys an older epoch's envelope once no piece is sealed under it.

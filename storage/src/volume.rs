@@ -267,6 +267,17 @@ fn expect_ok(response: MetaResponse) -> FsResult<()> {
     }
 }
 
+/// The volume key's envelope (standard tier) as meta holds it, if a sync
+/// made one: what a client machine without `volume.key` opens with its
+/// identity before it connects.
+pub async fn volume_envelope(meta_addrs: &[String]) -> FsResult<Option<KeyEnvelope>> {
+    let meta = MetaClient::new(meta_addrs, Transport::default());
+    match meta.call(&MetaRequest::Envelopes { policy: VOLUME_POLICY }).await? {
+        MetaResponse::Envelopes(envelopes) => Ok(envelopes.into_iter().find(|e| e.epoch == 0)),
+        _ => Err(FsError::Protocol("meta answered Envelopes with something else".into())),
+    }
+}
+
 impl Volume {
     /// Connects to meta, learns the volume and the nodes, and starts the
     /// background refresh of the node view.
@@ -402,6 +413,15 @@ impl Volume {
     /// holds it and has access (an admin re-wrapping it needs it).
     pub fn held_key(&self, policy: PolicyId, epoch: u32) -> Option<DataKey> {
         self.keys().held(policy, epoch)
+    }
+
+    /// The volume key (the standard tier), which a sync wraps to the
+    /// cluster group's machines.
+    pub fn volume_key(&self) -> DataKey {
+        self.keys()
+            .sealing(VOLUME_POLICY)
+            .expect("the volume key is always held")
+            .1
     }
 
     /// Whether this machine may read and write data of `policy` now.

@@ -1412,13 +1412,13 @@ fn protected_directories_keep_their_keys_and_their_names_sealed(backend: Backend
     commit(&meta, inside.ino, vec![replace(0, under(1))], 10);
 
     // A revoke: epoch 2 becomes current; epoch 1 pieces stay readable.
+    let mut next = envelope(2, 3);
+    next.policy_id = policy.id;
     assert_eq!(
-        meta.put_envelope(envelope(2, 3), 0).unwrap_err(),
+        meta.put_envelope(next.clone(), 0).unwrap_err(),
         FsError::Stale,
         "wrong expected epoch"
     );
-    let mut next = envelope(2, 3);
-    next.policy_id = policy.id;
     let policy2 = meta.put_envelope(next, 1).unwrap();
     assert_eq!((policy2.current_epoch, policy2.live_epochs.clone()), (2, vec![1, 2]));
     assert_eq!(
@@ -1451,6 +1451,25 @@ fn protected_directories_keep_their_keys_and_their_names_sealed(backend: Backend
     assert_eq!(epochs, vec![0, 2], "epoch 1's key is destroyed; the name key stays");
     assert!(matches!(meta.drop_epoch(policy.id, 2), Err(FsError::Invalid(_))));
     assert!(matches!(meta.drop_epoch(policy.id, 0), Err(FsError::Invalid(_))));
+
+    // The standard tier: the volume key's one envelope (policy 0, epoch 0),
+    // replaced whole; no policy record.
+    assert_eq!(meta.envelopes(0).unwrap(), vec![], "none before a sync");
+    meta.put_envelope(envelope(0, 5), 0).unwrap();
+    meta.put_envelope(envelope(0, 6), 0).unwrap();
+    let volume: Vec<(u64, u32, u8)> = meta
+        .envelopes(0)
+        .unwrap()
+        .iter()
+        .map(|e| (e.policy_id, e.epoch, e.age[0]))
+        .collect();
+    assert_eq!(volume, vec![(0, 0, 6)]);
+    assert!(matches!(meta.put_envelope(envelope(1, 7), 0), Err(FsError::Invalid(_))));
+    assert_eq!(
+        meta.policies().unwrap().len(),
+        1,
+        "the standard tier has no policy record"
+    );
 }
 
 macro_rules! both_stores {

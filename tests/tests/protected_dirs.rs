@@ -11,7 +11,9 @@
 //! - no plaintext name, symlink target or content of a protected file is
 //!   anywhere under the cluster's folder (nodes and meta);
 //! - `home sync` makes one protected home per LDAP user, and a second run
-//!   changes nothing.
+//!   changes nothing;
+//! - the NFS gateway serves /finance on an approved machine and answers
+//!   NFS3ERR_ACCES on another, serving the rest.
 
 use std::fs;
 use std::io::Write;
@@ -21,6 +23,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
+use sohofs_e2e::gateway::{free_port, Gateway};
 use sohofs_e2e::slapd::{test_key, Slapd, TEST_FINANCE_GROUP};
 use sohofs_e2e::{bounded, sohofs_bin, wait_until, Cluster, ClusterOptions};
 
@@ -471,5 +474,177 @@ fn home_sync_makes_one_private_home_per_user_once() {
         libc::EACCES
     );
     a.stop();
+    cluster.stop();
+}
+
+/// The output of an NFS client command (libnfs-utils), bounded in time.
+fn nfs_client(cluster: &Cluster, program: &str, args: &[&str]) -> Output {
+    let mut command = Command::new(program);
+    command.args(args);
+    sohofs_e2e::process::run_bounded(command, cluster.tag(), VERB_TIMEOUT)
+}
+
+fn said(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[test]
+fn the_nfs_gateway_follows_its_machines_approval() {
+    let slapd = Slapd::start_test_directory();
+    let mut cluster = Cluster::start(OPTIONS);
+    add_ldap(&cluster, &slapd);
+    fs::create_dir(cluster.mount_dir().join("finance")).unwrap();
+    ok(
+        cluster.run_verb(
+            &["dir", "protect", "/finance", "--group", TEST_FINANCE_GROUP],
+            VERB_TIMEOUT,
+        ),
+        "dir protect",
+    );
+    let alpha = test_key("ws-alpha.age");
+    let a = cluster.mount_client_with_args(&["--identity", alpha.to_str().unwrap()]);
+    let content = marked_content("ledger", 100_000);
+    write_file(a.mount_dir().join("finance/ledger.txt"), content.clone());
+
+    // A gateway on an approved machine serves /finance with its names.
+    let listen = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let approved = Gateway::start_with_args(&cluster, listen, None, &["--identity", alpha.to_str().unwrap()]);
+    let listed = nfs_client(&cluster, "nfs-ls", &[&approved.url("finance")]);
+    assert!(listed.status.success(), "nfs-ls /finance: {}", said(&listed));
+    assert!(said(&listed).contains("ledger.txt"), "{}", said(&listed));
+    let copy = cluster.scratch_dir("nfs-copies").join("ledger.txt");
+    let copied = nfs_client(
+        &cluster,
+        "nfs-cp",
+        &[&approved.url("finance/ledger.txt"), copy.to_str().unwrap()],
+    );
+    assert!(copied.status.success(), "nfs-cp out of /finance: {}", said(&copied));
+    assert_eq!(fs::read(&copy).unwrap(), content);
+    approved.stop();
+
+    // A gateway whose machine is not approved: NFS3ERR_ACCES, and it keeps
+    // serving the rest of the volume.
+    let outsider = test_key("ws-outsider.age");
+    let listen = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut denied = Gateway::start_with_args(&cluster, listen, None, &["--identity", outsider.to_str().unwrap()]);
+    let listed = nfs_client(&cluster, "nfs-ls", &[&denied.url("finance")]);
+    assert!(
+        !listed.status.success(),
+        "an outsider's gateway listed /finance: {}",
+        said(&listed)
+    );
+    assert!(said(&listed).contains("NFS3ERR_ACCES"), "{}", said(&listed));
+    assert!(!said(&listed).contains("ledger"), "{}", said(&listed));
+    let copy = cluster.scratch_dir("nfs-copies").join("refused.txt");
+    let copied = nfs_client(
+        &cluster,
+        "nfs-cp",
+        &[&denied.url("finance/ledger.txt"), copy.to_str().unwrap()],
+    );
+    assert!(!copied.status.success(), "an outsider's gateway read a protected file");
+    assert!(said(&copied).contains("NFS3ERR_ACCES"), "{}", said(&copied));
+    fs::write(cluster.mount_dir().join("plain.txt"), b"plain tier\n").unwrap();
+    let root = nfs_client(&cluster, "nfs-ls", &[&denied.url("")]);
+    assert!(
+        root.status.success() && said(&root).contains("plain.txt"),
+        "{}",
+        said(&root)
+    );
+    assert!(denied.is_running(), "the gateway died after a denial");
+    denied.stop();
+    a.stop();
+    cluster.stop();
+}
+
+#[test]
+fn the_volume_key_reaches_the_cluster_groups_machines_only() {
+    let slapd = Slapd::start_test_directory();
+    let mut cluster = Cluster::start(OPTIONS);
+    add_ldap(&cluster, &slapd);
+    let content = marked_content("standard tier", 200_000);
+    write_file(cluster.mount_dir().join("plain.bin"), content.clone());
+    let ino = fs::metadata(cluster.mount_dir().join("plain.bin")).unwrap().ino();
+
+    // A workstation's copy of the config, without the volume key file.
+    let workstation = cluster.scratch_dir("workstation");
+    fs::copy(cluster.config_path(), workstation.join("sohofs.toml")).unwrap();
+    let config = workstation.join("sohofs.toml");
+    let debug_pieces = |identity: &Path| {
+        let mut command = Command::new(sohofs_bin());
+        command
+            .args(["debug", "pieces", "--json", "--identity"])
+            .arg(identity)
+            .arg("--config")
+            .arg(&config)
+            .arg(format!("inode:{ino}"));
+        sohofs_e2e::process::run_bounded(command, cluster.tag(), VERB_TIMEOUT)
+    };
+    let alpha = test_key("ws-alpha.age");
+    let before = debug_pieces(&alpha);
+    assert!(
+        !before.status.success(),
+        "a machine without the key file opened the volume before any sync"
+    );
+    assert!(said(&before).contains("keyring sync"), "{}", said(&before));
+
+    // The sync wraps the volume key to the cluster group (standard tier).
+    let report = json(
+        cluster.run_verb(&["keyring", "sync", "--json"], VERB_TIMEOUT),
+        "keyring sync",
+    );
+    let standard = report.as_array().unwrap().last().unwrap();
+    assert_eq!(standard["policy"], 0, "{report}");
+    let mut granted: Vec<&str> = standard["granted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap())
+        .collect();
+    granted.sort();
+    assert_eq!(
+        granted,
+        [
+            "cn=ws-alpha,ou=machines,dc=example,dc=org",
+            BETA_DN,
+            "cn=ws-gamma,ou=machines,dc=example,dc=org"
+        ],
+        "{report}"
+    );
+    let again = json(
+        cluster.run_verb(&["keyring", "sync", "--json"], VERB_TIMEOUT),
+        "keyring sync again",
+    );
+    let standard = again.as_array().unwrap().last().unwrap();
+    assert_eq!(standard["granted"], serde_json::json!([]), "{again}");
+    assert_eq!(standard["revoked"], serde_json::json!([]), "{again}");
+
+    // Alpha, in the cluster group, opens every piece with its identity alone.
+    let opened = debug_pieces(&alpha);
+    assert!(opened.status.success(), "{}", said(&opened));
+    let pieces: Value = serde_json::from_slice(&opened.stdout).unwrap();
+    let pieces = pieces.as_array().unwrap();
+    assert!(
+        !pieces.is_empty() && pieces.iter().all(|p| p["opened"] == true),
+        "{pieces:?}"
+    );
+    // The outsider is told it is not approved, and gets nothing.
+    let refused = debug_pieces(&test_key("ws-outsider.age"));
+    assert!(!refused.status.success(), "{}", said(&refused));
+    assert!(
+        said(&refused).contains("not approved for the volume"),
+        "{}",
+        said(&refused)
+    );
+    let status = json(
+        cluster.run_verb(&["keyring", "status", "--json"], VERB_TIMEOUT),
+        "status",
+    );
+    let standard = status.as_array().unwrap().last().unwrap();
+    assert_eq!(standard["tier"], "standard", "{status}");
+    assert_eq!(standard["machines"].as_array().unwrap().len(), 3, "{status}");
     cluster.stop();
 }
