@@ -51,8 +51,12 @@ pub trait KeyOpener: Send + Sync {
 struct PolicyKeys {
     record: PolicyRecord,
     keys: HashMap<u32, DataKey>,
-    /// Epochs whose envelope this machine could not open: not tried again.
-    refused: HashSet<u32>,
+    /// Epochs whose envelope this machine could not open, with the hash of
+    /// the envelope refused: tried again only when the envelope changes (a
+    /// grant re-wraps the same epoch to more machines).
+    refused: HashMap<u32, blake3::Hash>,
+    /// Epochs whose denial was logged (one line per policy and epoch).
+    denial_logged: HashSet<u32>,
 }
 
 pub struct KeyTable {
@@ -82,7 +86,8 @@ impl KeyTable {
             let entry = self.policies.entry(record.id).or_insert_with(|| PolicyKeys {
                 record: record.clone(),
                 keys: HashMap::new(),
-                refused: HashSet::new(),
+                refused: HashMap::new(),
+                denial_logged: HashSet::new(),
             });
             // A destroyed epoch's key goes with its envelope.
             entry
@@ -92,7 +97,7 @@ impl KeyTable {
                 .live_epochs
                 .iter()
                 .chain(std::iter::once(&NAME_KEY_EPOCH))
-                .any(|e| !entry.keys.contains_key(e) && !entry.refused.contains(e));
+                .any(|e| !entry.keys.contains_key(e) && !entry.refused.contains_key(e));
             entry.record = record;
             if unknown {
                 to_fetch.push(entry.record.id);
@@ -101,14 +106,45 @@ impl KeyTable {
         to_fetch
     }
 
-    /// Opens the envelopes of a policy that this table has not tried yet.
+    /// Policies whose current key (or name key) this machine was refused:
+    /// their envelopes are looked at again, for a grant.
+    pub fn refused_policies(&self) -> Vec<PolicyId> {
+        self.policies
+            .values()
+            .filter(|p| {
+                [p.record.current_epoch, NAME_KEY_EPOCH]
+                    .iter()
+                    .any(|e| !p.keys.contains_key(e) && p.refused.contains_key(e))
+            })
+            .map(|p| p.record.id)
+            .collect()
+    }
+
+    /// The first time access to `policy`'s current epoch is denied: what to
+    /// log and audit (then `None` until the epoch changes).
+    pub fn first_denial(&mut self, policy: PolicyId) -> Option<KeyEvent> {
+        let entry = self.policies.get_mut(&policy)?;
+        let epoch = entry.record.current_epoch;
+        if !entry.denial_logged.insert(epoch) {
+            return None;
+        }
+        Some(KeyEvent::Denied {
+            policy,
+            epoch,
+            group: entry.record.group.clone(),
+        })
+    }
+
+    /// Opens the envelopes of a policy that this table has not tried yet,
+    /// or that changed since they were refused.
     pub fn take_envelopes(&mut self, envelopes: &[KeyEnvelope], opener: Option<&dyn KeyOpener>) {
         for envelope in envelopes {
             let Some(entry) = self.policies.get_mut(&envelope.policy_id) else {
                 continue;
             };
             let epoch = envelope.epoch;
-            if entry.keys.contains_key(&epoch) || entry.refused.contains(&epoch) {
+            let hash = blake3::hash(&envelope.age);
+            if entry.keys.contains_key(&epoch) || entry.refused.get(&epoch) == Some(&hash) {
                 continue;
             }
             let group = entry.record.group.clone();
@@ -119,6 +155,8 @@ impl KeyTable {
             match opened {
                 Ok(Some(key)) => {
                     entry.keys.insert(epoch, key);
+                    entry.refused.remove(&epoch);
+                    entry.denial_logged.remove(&epoch);
                     if let Some(opener) = opener.filter(|_| epoch != NAME_KEY_EPOCH) {
                         opener.event(KeyEvent::Unwrapped {
                             policy: envelope.policy_id,
@@ -127,26 +165,12 @@ impl KeyTable {
                         });
                     }
                 }
+                // Not among the recipients: logged when access is denied.
                 Ok(None) => {
-                    entry.refused.insert(epoch);
-                    if epoch == entry.record.current_epoch {
-                        tracing::warn!(
-                            policy = envelope.policy_id,
-                            epoch,
-                            %group,
-                            "access denied: this machine is not approved for the key of a protected directory (group {group})"
-                        );
-                        if let Some(opener) = opener {
-                            opener.event(KeyEvent::Denied {
-                                policy: envelope.policy_id,
-                                epoch,
-                                group,
-                            });
-                        }
-                    }
+                    entry.refused.insert(epoch, hash);
                 }
                 Err(error) => {
-                    entry.refused.insert(epoch);
+                    entry.refused.insert(epoch, hash);
                     tracing::error!(policy = envelope.policy_id, epoch, %error, "a key envelope is damaged");
                 }
             }
@@ -292,12 +316,27 @@ mod tests {
         assert_eq!(table.name_key(7).unwrap_err(), FsError::Access, "names go with access");
         assert!(
             table.update(vec![record(2, &[1, 2])]).is_empty(),
-            "a refusal is not retried"
+            "no new epoch to fetch"
         );
+        assert!(matches!(table.first_denial(7), Some(KeyEvent::Denied { epoch: 2, .. })));
+        assert_eq!(table.first_denial(7), None, "one line per policy and epoch");
         let events = opener.0.lock().unwrap().clone();
         assert!(matches!(events[0], KeyEvent::Unwrapped { epoch: 1, .. }));
-        assert!(matches!(events[1], KeyEvent::Denied { epoch: 2, .. }));
-        assert_eq!(events.len(), 2);
+        assert_eq!(
+            events.len(),
+            1,
+            "a refusal is reported when access is denied, not when the envelope is read"
+        );
+
+        // The same envelope again is not opened again; a re-wrapped one that
+        // names this machine (a grant) gives access back.
+        assert_eq!(table.refused_policies(), vec![7]);
+        table.take_envelopes(&[envelope(2, false, 0)], Some(&opener));
+        assert!(!table.has_access(7));
+        table.take_envelopes(&[envelope(2, true, 10)], Some(&opener));
+        assert!(table.has_access(7));
+        assert_eq!(table.sealing(7).unwrap().1.as_bytes(), &[10; 32]);
+        assert!(table.refused_policies().is_empty());
     }
 
     #[test]

@@ -717,9 +717,11 @@ impl Meta {
         if parent == new_parent && name == new_name {
             return Ok(());
         }
-        if txn.inode(entry.ino)?.policy != to_dir.policy {
+        let moved = txn.inode(entry.ino)?;
+        if moved.policy != to_dir.policy && !self.is_policy_root(&moved)? {
             // Data and names below are sealed under another key: as across
-            // file systems, mv copies instead.
+            // file systems, mv copies instead. A protected directory itself
+            // moves anywhere: it takes its own key along.
             return Err(FsError::CrossDevice);
         }
         if entry.kind == FileKind::Dir && self.is_ancestor(entry.ino, new_parent)? {
@@ -1329,6 +1331,14 @@ impl Meta {
     }
 
     // ----- key policies (meta stores envelopes; it can open none) -----
+
+    /// Whether `inode` is the directory a policy was given to.
+    fn is_policy_root(&self, inode: &Inode) -> FsResult<bool> {
+        if inode.kind != FileKind::Dir || inode.policy == VOLUME_POLICY {
+            return Ok(false);
+        }
+        Ok(self.policy(inode.policy)?.dir == inode.ino)
+    }
 
     pub fn policy(&self, id: PolicyId) -> FsResult<PolicyRecord> {
         match self.kv.get(&keys::policy(id))? {

@@ -24,6 +24,7 @@
 //! |----------------|----------------------------------|-----------------|
 //! | entry name     | `"name"`, directory ino (u64 LE) | 1..=255         |
 //! | symlink target | `"symlink"`                      | 1..=4095        |
+//! | xattr value    | `"xattr"`, inode (u64 LE), name  | 0..=65519       |
 //!
 //! A new layout takes a new version byte and a new key context (the `v1` in
 //! [`NAME_KEY_CONTEXT`]), so old and new bytes can never be confused.
@@ -52,6 +53,10 @@ pub const NAME_KEY_CONTEXT: &str = "sohofs 2026-12 name key v1";
 
 const NAME_DOMAIN: &[u8] = b"name";
 const TARGET_DOMAIN: &[u8] = b"symlink";
+const XATTR_DOMAIN: &[u8] = b"xattr";
+/// The largest xattr value in a protected directory: meta's bound less what
+/// sealing adds.
+pub const XATTR_VALUE_BYTES_MAX: usize = sohofs_format::XATTR_VALUE_BYTES_MAX - 1 - SIV_TAG_BYTES;
 
 const _: () = assert!(SEALED_NAME_BYTES_MAX == 272);
 const _: () = assert!(SEALED_TARGET_BYTES_MAX == 4112);
@@ -158,6 +163,29 @@ pub fn open_target(key: &NameKey, sealed: &[u8]) -> Result<Vec<u8>, NameError> {
     Ok(target)
 }
 
+/// Seals an extended attribute's value of inode `ino` (bound to the inode
+/// and the attribute's name, which stays plain).
+pub fn seal_xattr(key: &NameKey, ino: u64, name: &[u8], value: &[u8]) -> Result<Vec<u8>, NameError> {
+    if value.len() > XATTR_VALUE_BYTES_MAX {
+        return Err(NameError::TooLong {
+            len: value.len(),
+            max: XATTR_VALUE_BYTES_MAX,
+        });
+    }
+    seal(key, [XATTR_DOMAIN, &ino.to_le_bytes(), name], value)
+}
+
+/// Opens what [`seal_xattr`] made for the same key, inode and name.
+pub fn open_xattr(key: &NameKey, ino: u64, name: &[u8], sealed: &[u8]) -> Result<Vec<u8>, NameError> {
+    open_sealed(
+        key,
+        [XATTR_DOMAIN, &ino.to_le_bytes(), name],
+        sealed,
+        XATTR_VALUE_BYTES_MAX,
+        true,
+    )
+}
+
 fn check_name(name: &[u8]) -> Result<(), NameError> {
     if name.is_empty() {
         return Err(NameError::Invalid("empty name"));
@@ -201,7 +229,7 @@ fn seal<const N: usize>(key: &NameKey, associated_data: [&[u8]; N], plaintext: &
     let tagged = key
         .cipher()
         .encrypt(associated_data, plaintext)
-        .expect("AES-SIV fails only past 126 associated-data strings; we pass at most 2");
+        .expect("AES-SIV fails only past 126 associated-data strings; we pass at most 3");
     let mut sealed = Vec::with_capacity(1 + tagged.len());
     sealed.push(SEALED_VERSION);
     sealed.extend_from_slice(&tagged);
@@ -214,6 +242,16 @@ fn open<const N: usize>(
     sealed: &[u8],
     plaintext_bytes_max: usize,
 ) -> Result<Vec<u8>, NameError> {
+    open_sealed(key, associated_data, sealed, plaintext_bytes_max, false)
+}
+
+fn open_sealed<const N: usize>(
+    key: &NameKey,
+    associated_data: [&[u8]; N],
+    sealed: &[u8],
+    plaintext_bytes_max: usize,
+    may_be_empty: bool,
+) -> Result<Vec<u8>, NameError> {
     let Some((&version, tagged)) = sealed.split_first() else {
         return Err(NameError::Corrupt);
     };
@@ -221,7 +259,8 @@ fn open<const N: usize>(
         return Err(NameError::Corrupt);
     }
     // Checked before decrypting so oversized input costs no CMAC pass.
-    if tagged.len() <= SIV_TAG_BYTES || tagged.len() > SIV_TAG_BYTES + plaintext_bytes_max {
+    let shortest = if may_be_empty { SIV_TAG_BYTES } else { SIV_TAG_BYTES + 1 };
+    if tagged.len() < shortest || tagged.len() > SIV_TAG_BYTES + plaintext_bytes_max {
         return Err(NameError::Corrupt);
     }
     key.cipher()
@@ -236,6 +275,24 @@ mod tests {
 
     fn key(epoch: u32) -> NameKey {
         NameKey::derive(&[0x5a; 32], 7, epoch)
+    }
+
+    #[test]
+    fn xattr_values_are_bound_to_their_inode_and_name() {
+        let k = key(0);
+        for value in [&b""[..], b"v", &[7u8; XATTR_VALUE_BYTES_MAX]] {
+            let sealed = seal_xattr(&k, 9, b"user.a", value).unwrap();
+            assert!(sealed.len() <= sohofs_format::XATTR_VALUE_BYTES_MAX);
+            assert_eq!(open_xattr(&k, 9, b"user.a", &sealed).unwrap(), value);
+            assert_eq!(open_xattr(&k, 10, b"user.a", &sealed), Err(NameError::Corrupt));
+            assert_eq!(open_xattr(&k, 9, b"user.b", &sealed), Err(NameError::Corrupt));
+        }
+        assert!(matches!(
+            seal_xattr(&k, 9, b"user.a", &[0; XATTR_VALUE_BYTES_MAX + 1]),
+            Err(NameError::TooLong { .. })
+        ));
+        assert_eq!(open_xattr(&k, 9, b"user.a", b""), Err(NameError::Corrupt));
+        assert_eq!(open_xattr(&k, 9, b"user.a", &[1; 5]), Err(NameError::Corrupt));
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub use sohofs_format::{FileKind, Ino, Inode as Attr, TimeNs, ROOT_INO};
 use crate::codec::{self, DataKey, PiecePlace};
 use crate::error::{FsError, FsResult};
 use crate::fault;
-use crate::keytable::{KeyOpener, KeyTable};
+use crate::keytable::{KeyEvent, KeyOpener, KeyTable};
 use crate::meta::now_ns;
 use crate::names;
 use crate::peers::{MetaClient, NodeClient};
@@ -380,7 +380,18 @@ impl Volume {
             // (a new policy) must be looked at again.
             self.inner.dir_policies.lock().expect("dir policy cache lock").clear();
         }
-        for policy in to_fetch {
+        // Policies this machine was refused are looked at again, for a
+        // grant (an envelope re-wrapped at the same epoch); only a machine
+        // with an identity could ever open them.
+        let mut to_open = to_fetch;
+        if self.inner.opener.is_some() {
+            for policy in self.keys().refused_policies() {
+                if !to_open.contains(&policy) {
+                    to_open.push(policy);
+                }
+            }
+        }
+        for policy in to_open {
             let envelopes = self.envelopes(policy).await?;
             // Unwrapping is an X25519 per stanza, done only when an epoch
             // appears: cheap and rare enough to do under the lock.
@@ -470,8 +481,27 @@ impl Volume {
         if self.may_use(policy).await? {
             Ok(policy)
         } else {
-            Err(FsError::Access)
+            Err(self.denied(policy))
         }
+    }
+
+    /// EACCES for data of `policy`, logged (and audited) once per policy
+    /// and epoch.
+    fn denied(&self, policy: PolicyId) -> FsError {
+        let first = self.keys().first_denial(policy);
+        if let Some(event) = first {
+            if let KeyEvent::Denied { policy, epoch, group } = &event {
+                tracing::warn!(
+                    policy,
+                    epoch,
+                    "access denied: this machine is not approved for the key of a protected directory (group {group})"
+                );
+            }
+            if let Some(opener) = &self.inner.opener {
+                opener.event(event);
+            }
+        }
+        FsError::Access
     }
 
     /// Forgets a directory's policy (meta said our view of it is stale).
@@ -830,25 +860,73 @@ impl Volume {
         }
     }
 
+    /// The key policy of any inode (cached: a file's never changes, a
+    /// directory's only when `dir protect` gives it one, which clears the
+    /// cache), refusing (EACCES) one this machine may not use.
+    async fn inode_access(&self, ino: Ino) -> FsResult<PolicyId> {
+        let cached = self
+            .inner
+            .dir_policies
+            .lock()
+            .expect("dir policy cache lock")
+            .get(&ino)
+            .copied();
+        let policy = match cached {
+            Some(policy) => policy,
+            None => {
+                let attr = expect_inode(self.inner.meta.call(&MetaRequest::GetAttr { ino }).await?)?;
+                self.inner
+                    .dir_policies
+                    .lock()
+                    .expect("dir policy cache lock")
+                    .put(ino, attr.policy);
+                attr.policy
+            }
+        };
+        if self.may_use(policy).await? {
+            Ok(policy)
+        } else {
+            Err(self.denied(policy))
+        }
+    }
+
+    /// Extended attribute values of protected inodes are sealed with the
+    /// policy's name key (their names stay plain).
     pub async fn get_xattr(&self, ino: Ino, name: &[u8]) -> FsResult<Vec<u8>> {
-        match self
+        let policy = self.inode_access(ino).await?;
+        let value = match self
             .meta(MetaRequest::GetXattr {
                 ino,
                 name: name.to_vec(),
             })
             .await?
         {
-            MetaResponse::Xattr(value) => Ok(value),
-            _ => Err(FsError::Protocol("meta answered GetXattr with something else".into())),
+            MetaResponse::Xattr(value) => value,
+            _ => return Err(FsError::Protocol("meta answered GetXattr with something else".into())),
+        };
+        if policy == VOLUME_POLICY {
+            return Ok(value);
         }
+        let key = self.keys().name_key(policy)?;
+        Ok(names::open_xattr(&key, ino, name, &value)?)
     }
 
     pub async fn set_xattr(&self, ino: Ino, name: &[u8], value: &[u8], flags: u32) -> FsResult<()> {
+        let policy = self.inode_access(ino).await?;
+        let stored = if policy == VOLUME_POLICY {
+            value.to_vec()
+        } else {
+            if value.len() > names::XATTR_VALUE_BYTES_MAX {
+                return Err(FsError::TooBig);
+            }
+            let key = self.keys().name_key(policy)?;
+            names::seal_xattr(&key, ino, name, value)?
+        };
         expect_ok(
             self.meta(MetaRequest::SetXattr {
                 ino,
                 name: name.to_vec(),
-                value: value.to_vec(),
+                value: stored,
                 flags,
             })
             .await?,
@@ -856,6 +934,7 @@ impl Volume {
     }
 
     pub async fn list_xattr(&self, ino: Ino) -> FsResult<Vec<Vec<u8>>> {
+        self.inode_access(ino).await?;
         match self.meta(MetaRequest::ListXattr { ino }).await? {
             MetaResponse::XattrNames(names) => Ok(names),
             _ => Err(FsError::Protocol("meta answered ListXattr with something else".into())),
@@ -863,6 +942,7 @@ impl Volume {
     }
 
     pub async fn remove_xattr(&self, ino: Ino, name: &[u8]) -> FsResult<()> {
+        self.inode_access(ino).await?;
         expect_ok(
             self.meta(MetaRequest::RemoveXattr {
                 ino,
@@ -1135,7 +1215,7 @@ impl Volume {
                     session: self.inner.session,
                 })
                 .await;
-            return Err(FsError::Access);
+            return Err(self.denied(attr.policy));
         }
         let file = {
             let mut files = self.inner.files.lock().expect("open files lock");
@@ -1235,10 +1315,11 @@ impl Volume {
     /// A file of a protected directory whose key this machine lost (a sync
     /// took it out of the group) takes no more writes.
     fn check_file_access(&self, file: &OpenFile) -> FsResult<()> {
-        if self.has_access(file.policy.load(std::sync::atomic::Ordering::Relaxed)) {
+        let policy = file.policy.load(std::sync::atomic::Ordering::Relaxed);
+        if self.has_access(policy) {
             Ok(())
         } else {
-            Err(FsError::Access)
+            Err(self.denied(policy))
         }
     }
 

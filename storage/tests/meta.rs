@@ -1398,6 +1398,16 @@ fn protected_directories_keep_their_keys_and_their_names_sealed(backend: Backend
         FsError::CrossDevice
     );
     meta.rename(finance.ino, &sealed(1), sub.ino, &sealed(4), 0).unwrap();
+    // The protected directory itself moves anywhere and keeps its key; a
+    // directory below it does not leave.
+    let elsewhere = dir(&meta, ROOT_INO, "elsewhere");
+    meta.rename(ROOT_INO, b"finance", elsewhere.ino, b"ledgers", 0).unwrap();
+    assert_eq!(meta.lookup(elsewhere.ino, b"ledgers").unwrap().policy, policy.id);
+    meta.rename(elsewhere.ino, b"ledgers", ROOT_INO, b"finance", 0).unwrap();
+    assert_eq!(
+        meta.rename(finance.ino, &sealed(2), ROOT_INO, b"sub", 0).unwrap_err(),
+        FsError::CrossDevice
+    );
 
     // Data must be sealed under the file's policy at its current epoch.
     let under = |epoch| keyed(inline(11, 10), policy.id, epoch);

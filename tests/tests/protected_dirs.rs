@@ -221,6 +221,20 @@ fn finance_is_read_by_its_group_only_and_a_revoke_reaches_every_chunk() {
     write_file(a_fin.join("tiny.txt"), tiny.clone());
     std::os::unix::fs::symlink(format!("{marker_link}/x"), a_fin.join("link")).unwrap();
     write_file(b_fin.join("from-b.txt"), b"written by beta\n".to_vec());
+    // Extended attribute values are sealed too.
+    let marker_xattr = format!("MARKERXATTR-{:08x}", rand::random::<u32>());
+    let set = Command::new("setfattr")
+        .args(["-n", "user.note", "-v", &marker_xattr])
+        .arg(a_fin.join("tiny.txt"))
+        .output()
+        .unwrap();
+    ok(set, "setfattr");
+    let got = Command::new("getfattr")
+        .args(["--only-values", "-n", "user.note"])
+        .arg(b_fin.join("tiny.txt"))
+        .output()
+        .unwrap();
+    assert_eq!(ok(got, "getfattr"), marker_xattr);
     assert_eq!(read_file(b_fin.join(&marker_name).join("report.txt")).unwrap(), report);
     assert_eq!(read_file(a_fin.join("from-b.txt")).unwrap(), b"written by beta\n");
     assert_eq!(
@@ -250,6 +264,17 @@ fn finance_is_read_by_its_group_only_and_a_revoke_reaches_every_chunk() {
     // wrong key: refused as across file systems (mv copies instead).
     let moved = fs::rename(a_fin.join("tiny.txt"), a.mount_dir().join("tiny.txt"));
     assert_eq!(errno(moved), libc::EXDEV);
+    // The protected directory itself moves (and keeps its key): `mv` must
+    // not turn it into a plain copy.
+    fs::rename(&a_fin, a.mount_dir().join("ledgers")).unwrap();
+    let moved = json(
+        cluster.run_verb(&["dir", "show", "/ledgers", "--json"], VERB_TIMEOUT),
+        "dir show",
+    );
+    assert_eq!(moved["tier"], "protected", "{moved}");
+    assert_eq!(errno(fs::read_dir(c.mount_dir().join("ledgers"))), libc::EACCES);
+    fs::rename(a.mount_dir().join("ledgers"), &a_fin).unwrap();
+    assert_eq!(read_file(a_fin.join("tiny.txt")).unwrap(), tiny);
 
     // A machine never approved: EACCES on listing, opening and creating;
     // its mount serves the rest of the volume and stays up.
@@ -267,7 +292,10 @@ fn finance_is_read_by_its_group_only_and_a_revoke_reaches_every_chunk() {
 
     // No plaintext name, link target or content of /finance at rest.
     nix::unistd::sync();
-    let leaks = files_holding(cluster.data_dir(), &[&marker_name, &marker_data, &marker_link]);
+    let leaks = files_holding(
+        cluster.data_dir(),
+        &[&marker_name, &marker_data, &marker_link, &marker_xattr],
+    );
     assert!(leaks.is_empty(), "plaintext of /finance found at rest: {leaks:?}");
     let seen = files_holding(a.mount_dir(), &[&marker_name, &marker_data]);
     assert!(
@@ -375,6 +403,25 @@ fn finance_is_read_by_its_group_only_and_a_revoke_reaches_every_chunk() {
         fs::read_link(a_fin.join("link")).unwrap(),
         PathBuf::from(format!("{marker_link}/x"))
     );
+
+    // B back in the group: the next sync re-wraps the key for it, and B's
+    // running mount (refused until now) reads /finance again.
+    slapd.add_member(TEST_FINANCE_GROUP, BETA_DN);
+    let regrant = json(
+        cluster.run_verb(&["keyring", "sync", "--json"], VERB_TIMEOUT),
+        "sync after re-adding B",
+    );
+    assert_eq!(regrant[0]["granted"], serde_json::json!([BETA_DN]), "{regrant}");
+    assert_eq!(regrant[0]["epoch_after"], 2, "a grant makes no new epoch: {regrant}");
+    wait_until(
+        "B's running mount reads /finance again",
+        POLICY_FOLLOW_TIMEOUT,
+        || match read_file(b_fin.join("from-b.txt")) {
+            Ok(bytes) if bytes == b"written by beta\n" => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    assert_eq!(read_file(b_fin.join("after-sync.bin")).unwrap(), after_sync);
 
     // The audit log has the story, as ECS lines.
     let audit = fs::read_to_string(cluster.data_dir().join("audit.jsonl")).unwrap();
