@@ -243,6 +243,16 @@ async fn protect(config_path: &Path, group: &str, identity: Option<&Path>, path:
     if attr.kind != FileKind::Dir {
         bail!("{path} is not a directory");
     }
+    if attr.policy != VOLUME_POLICY {
+        let root = volume.policies().await?.into_iter().find(|p| p.id == attr.policy);
+        match root {
+            Some(policy) if policy.dir == attr.ino => bail!("{path} is protected already (policy {})", policy.id),
+            _ => bail!(
+                "{path} is inside a protected directory (policy {}): it already has that directory's key",
+                attr.policy
+            ),
+        }
+    }
     let mut directory = ldap_directory(&config, config_path).await?;
     let grantees = grantees(&mut directory, group).await?;
     directory.close().await;
@@ -367,7 +377,7 @@ async fn show(config_path: &Path, path: &str, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// What `keyring sync` found for one policy.
+/// What `keyring sync` found (and did, unless `--dry-run`) for one policy.
 #[derive(Serialize, Debug)]
 pub struct PolicySync {
     policy: u64,
@@ -375,8 +385,14 @@ pub struct PolicySync {
     granted: Vec<String>,
     revoked: Vec<String>,
     epoch_before: u32,
+    /// The epoch after the sync (with `--dry-run`: the one it would make).
     epoch_after: u32,
+    /// A rekey runs (or, with `--dry-run`, would run): a revoke, or older
+    /// epochs left by an interrupted rekey.
+    rekey_needed: bool,
     rekey: Option<RekeyJson>,
+    /// Why this policy could not be synced (the others still were).
+    error: Option<String>,
 }
 
 #[derive(Serialize, Debug)]
@@ -386,7 +402,9 @@ struct RekeyJson {
     epochs_destroyed: u64,
 }
 
-/// `keyring sync`: every policy against LDAP, then the rekeys.
+/// `keyring sync`: every policy against LDAP, then the rekeys. A policy
+/// that fails is reported and the others are still synced; the verb then
+/// exits non-zero.
 pub async fn sync(config_path: &Path, identity: Option<&Path>, dry_run: bool, json: bool) -> Result<()> {
     let config = ClusterConfig::load(config_path)?;
     let volume = crate::mount::connect(&config, config_path, identity).await?;
@@ -395,104 +413,30 @@ pub async fn sync(config_path: &Path, identity: Option<&Path>, dry_run: bool, js
     let has_identity = crate::protect::identity_path(&config, config_path, identity).is_some();
     let mut report = Vec::new();
     for policy in volume.policies().await? {
-        let grantees = grantees(&mut directory, &policy.group).await?;
-        let envelopes = volume.envelopes(policy.id).await?;
-        let current = envelopes
-            .iter()
-            .find(|e| e.epoch == policy.current_epoch)
-            .with_context(|| {
-                format!(
-                    "policy {} has no envelope for its epoch {}",
-                    policy.id, policy.current_epoch
-                )
-            })?;
-        let had: BTreeSet<(String, String)> = current
-            .recipients
-            .iter()
-            .map(|r| (r.machine.clone(), r.recipient.clone()))
-            .collect();
-        let want: BTreeSet<(String, String)> = grantees
-            .iter()
-            .map(|g| (g.machine.clone(), g.recipient.to_string()))
-            .collect();
-        let granted: Vec<String> = want.difference(&had).map(|(m, _)| m.clone()).collect();
-        let revoked: Vec<String> = had.difference(&want).map(|(m, _)| m.clone()).collect();
         let mut entry = PolicySync {
             policy: policy.id,
             group: policy.group.clone(),
-            granted: granted.clone(),
-            revoked: revoked.clone(),
+            granted: Vec::new(),
+            revoked: Vec::new(),
             epoch_before: policy.current_epoch,
             epoch_after: policy.current_epoch,
+            rekey_needed: false,
             rekey: None,
+            error: None,
         };
-        let older_left = policy.live_epochs.len() > 1;
-        if dry_run {
-            report.push(entry);
-            continue;
-        }
-        if grantees.is_empty() && !had.is_empty() {
-            bail!(
-                "policy {} ({}): LDAP lists no machine with a usable key; refusing to lock everyone out",
-                policy.id,
-                policy.group
-            );
-        }
-        if !revoked.is_empty() || !granted.is_empty() {
-            // The name key is not rotated (names would all be re-sealed):
-            // it is re-wrapped to exactly the machines of the group.
-            let name_key = held_key(&volume, &policy, NAME_KEY_EPOCH, has_identity)?;
-            let names =
-                seal_envelope(policy.id, NAME_KEY_EPOCH, &name_key, &grantees).context("re-wrap the name key")?;
-            volume.put_envelope(names, policy.current_epoch).await?;
-        }
-        if !revoked.is_empty() {
-            // A new key: a removed machine must not read what is written from now on.
-            let key = sohofs_keyring::DataKey::generate();
-            let next = policy.current_epoch + 1;
-            let envelope = seal_envelope(policy.id, next, &key, &grantees).context("wrap the new key")?;
-            let updated = volume.put_envelope(envelope, policy.current_epoch).await?;
-            entry.epoch_after = updated.current_epoch;
-            for machine in &revoked {
-                audit(
-                    &log,
-                    AuditAction::KeyRevoke,
-                    machine,
-                    &updated,
-                    next,
-                    "machine's key revoked: new epoch",
-                );
-            }
-            for machine in &granted {
-                audit(
-                    &log,
-                    AuditAction::KeyGrant,
-                    machine,
-                    &updated,
-                    next,
-                    "machine granted a directory key",
-                );
-            }
-        } else if !granted.is_empty() {
-            // The same key, wrapped to one more machine: needs the key, so
-            // this machine must hold it.
-            let key = held_key(&volume, &policy, policy.current_epoch, has_identity)?;
-            let envelope =
-                seal_envelope(policy.id, policy.current_epoch, &key, &grantees).context("re-wrap the key")?;
-            let updated = volume.put_envelope(envelope, policy.current_epoch).await?;
-            for machine in &granted {
-                audit(
-                    &log,
-                    AuditAction::KeyGrant,
-                    machine,
-                    &updated,
-                    updated.current_epoch,
-                    "machine granted a directory key",
-                );
-            }
-        }
-        if !revoked.is_empty() || older_left {
-            entry.rekey = Some(rekey(&volume, &policy, &log, json).await?);
+        let synced = sync_policy(
+            &volume,
+            &mut directory,
+            &policy,
+            &mut entry,
+            &log,
+            has_identity,
+            dry_run,
+            json,
+        )
+        .await;
+        if let Err(error) = synced {
+            entry.error = Some(format!("{error:#}"));
         }
         report.push(entry);
     }
@@ -513,8 +457,18 @@ pub async fn sync(config_path: &Path, identity: Option<&Path>, dry_run: bool, js
                 continue;
             }
             println!(
-                "policy {} ({}): {verb} grant {:?}, revoke {:?}; epoch {} -> {}",
-                entry.policy, entry.group, entry.granted, entry.revoked, entry.epoch_before, entry.epoch_after
+                "policy {} ({}): {verb} grant {:?}, revoke {:?}; epoch {} -> {}{}",
+                entry.policy,
+                entry.group,
+                entry.granted,
+                entry.revoked,
+                entry.epoch_before,
+                entry.epoch_after,
+                if dry_run && entry.rekey_needed {
+                    "; would rekey"
+                } else {
+                    ""
+                }
             );
             if let Some(rekey) = &entry.rekey {
                 println!(
@@ -522,7 +476,134 @@ pub async fn sync(config_path: &Path, identity: Option<&Path>, dry_run: bool, js
                     rekey.files, rekey.chunks_rekeyed, rekey.epochs_destroyed
                 );
             }
+            if let Some(error) = &entry.error {
+                println!("  FAILED: {error}");
+            }
         }
+    }
+    let failed: Vec<String> = report
+        .iter()
+        .filter_map(|e| {
+            e.error
+                .as_ref()
+                .map(|error| format!("policy {} ({}): {error}", e.policy, e.group))
+        })
+        .collect();
+    if !failed.is_empty() {
+        bail!(
+            "{} of {} policies could not be synced:\n{}",
+            failed.len(),
+            report.len(),
+            failed.join("\n")
+        );
+    }
+    Ok(())
+}
+
+/// One policy of `keyring sync`; fills `entry` as it goes, so that what was
+/// done before an error is reported.
+#[allow(clippy::too_many_arguments)]
+async fn sync_policy(
+    volume: &Volume,
+    directory: &mut Directory,
+    policy: &PolicyRecord,
+    entry: &mut PolicySync,
+    log: &Option<AuditLog>,
+    has_identity: bool,
+    dry_run: bool,
+    json: bool,
+) -> Result<()> {
+    let grantees = grantees(directory, &policy.group).await?;
+    let envelopes = volume.envelopes(policy.id).await?;
+    let current = envelopes
+        .iter()
+        .find(|e| e.epoch == policy.current_epoch)
+        .with_context(|| {
+            format!(
+                "policy {} has no envelope for its epoch {}",
+                policy.id, policy.current_epoch
+            )
+        })?;
+    let had: BTreeSet<(String, String)> = current
+        .recipients
+        .iter()
+        .map(|r| (r.machine.clone(), r.recipient.clone()))
+        .collect();
+    let want: BTreeSet<(String, String)> = grantees
+        .iter()
+        .map(|g| (g.machine.clone(), g.recipient.to_string()))
+        .collect();
+    let granted: Vec<String> = want.difference(&had).map(|(m, _)| m.clone()).collect();
+    let revoked: Vec<String> = had.difference(&want).map(|(m, _)| m.clone()).collect();
+    entry.granted = granted.clone();
+    entry.revoked = revoked.clone();
+    let older_left = policy.live_epochs.len() > 1;
+    entry.rekey_needed = !revoked.is_empty() || older_left;
+    if grantees.is_empty() && !had.is_empty() {
+        bail!(
+            "LDAP lists no machine of {} with a usable key; refusing to lock everyone out",
+            policy.group
+        );
+    }
+    if dry_run {
+        if !revoked.is_empty() {
+            entry.epoch_after = policy.current_epoch + 1;
+        }
+        return Ok(());
+    }
+    if !revoked.is_empty() || !granted.is_empty() {
+        // The name key is not rotated (names would all be re-sealed):
+        // it is re-wrapped to exactly the machines of the group.
+        let name_key = held_key(volume, policy, NAME_KEY_EPOCH, has_identity)?;
+        let names = seal_envelope(policy.id, NAME_KEY_EPOCH, &name_key, &grantees).context("re-wrap the name key")?;
+        volume.put_envelope(names, policy.current_epoch).await?;
+    }
+    if !revoked.is_empty() {
+        // A new key: a removed machine must not read what is written from now on.
+        let key = sohofs_keyring::DataKey::generate();
+        let next = policy.current_epoch + 1;
+        let envelope = seal_envelope(policy.id, next, &key, &grantees).context("wrap the new key")?;
+        let updated = volume.put_envelope(envelope, policy.current_epoch).await?;
+        entry.epoch_after = updated.current_epoch;
+        for machine in &revoked {
+            audit(
+                log,
+                AuditAction::KeyRevoke,
+                machine,
+                &updated,
+                next,
+                "machine's key revoked: new epoch",
+            );
+        }
+        for machine in &granted {
+            audit(
+                log,
+                AuditAction::KeyGrant,
+                machine,
+                &updated,
+                next,
+                "machine granted a directory key",
+            );
+        }
+    } else if !granted.is_empty() {
+        // The same key, wrapped to one more machine: needs the key, so
+        // this machine must hold it.
+        let key = held_key(volume, policy, policy.current_epoch, has_identity)?;
+        let envelope = seal_envelope(policy.id, policy.current_epoch, &key, &grantees).context("re-wrap the key")?;
+        let updated = volume.put_envelope(envelope, policy.current_epoch).await?;
+        for machine in &granted {
+            audit(
+                log,
+                AuditAction::KeyGrant,
+                machine,
+                &updated,
+                updated.current_epoch,
+                "machine granted a directory key",
+            );
+        }
+    }
+    if entry.rekey_needed {
+        entry.rekey = Some(rekey(volume, policy, log, json).await?);
     }
     Ok(())
 }
@@ -557,7 +638,9 @@ async fn sync_volume_key(
         revoked: had.difference(&want).map(|(m, _)| m.clone()).collect(),
         epoch_before: 0,
         epoch_after: 0,
+        rekey_needed: false,
         rekey: None,
+        error: None,
     };
     if dry_run || (entry.granted.is_empty() && entry.revoked.is_empty()) {
         return Ok(entry);
@@ -847,6 +930,9 @@ pub async fn run_home(verb: HomeVerb) -> Result<()> {
                 .with_context(|| format!("make {root}"))?
         }
     };
+    if root_attr.policy != VOLUME_POLICY {
+        bail!("{root} is inside a protected directory: homes are protected on their own, give a --root in the standard tier");
+    }
     let log = audit_log(&config, &config_path)?;
     for user in &users.users {
         let path = format!("{}/{}", root.trim_end_matches('/'), user.uid);

@@ -184,10 +184,11 @@ fn truncate_at_char(text: &mut String, bytes_max: usize) {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("audit log {path}: {source}")]
+// The I/O error is in the message, not a `source`: a chain prints it once.
+#[error("audit log {path}: {cause}")]
 pub struct AuditError {
     pub path: PathBuf,
-    pub source: io::Error,
+    pub cause: io::Error,
 }
 
 /// Appends audit events to one file (created 0600 if missing).
@@ -203,9 +204,9 @@ impl AuditLog {
             .create(true)
             .mode(0o600)
             .open(path)
-            .map_err(|source| AuditError {
+            .map_err(|cause| AuditError {
                 path: path.to_path_buf(),
-                source,
+                cause,
             })?;
         Ok(AuditLog {
             path: path.to_path_buf(),
@@ -227,9 +228,9 @@ impl AuditLog {
         // A poisoned lock only means another writer panicked mid-call; the
         // file itself is still fine to append to.
         let mut file = self.file.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        file.write_all(line.as_bytes()).map_err(|source| AuditError {
+        file.write_all(line.as_bytes()).map_err(|cause| AuditError {
             path: self.path.clone(),
-            source,
+            cause,
         })
     }
 }

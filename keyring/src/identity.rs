@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -22,10 +22,12 @@ const OPENSSH_PRIVATE_KEY_BEGIN: &str = "-----BEGIN OPENSSH PRIVATE KEY-----";
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
-    #[error("read identity {path}: {source}")]
-    Read { path: PathBuf, source: io::Error },
-    #[error("write identity {path}: {source}")]
-    Write { path: PathBuf, source: io::Error },
+    // The I/O error is part of the message and not a `source`, so that an
+    // error chain does not print it twice.
+    #[error("read identity {path}: {cause}")]
+    Read { path: PathBuf, cause: io::Error },
+    #[error("write identity {path}: {cause}")]
+    Write { path: PathBuf, cause: io::Error },
     #[error("{path} is {found} bytes, too large for an identity file (at most {IDENTITY_FILE_BYTES_MAX})")]
     TooLarge { path: PathBuf, found: u64 },
     #[error("{path} holds no age identity (AGE-SECRET-KEY-1…) and no OpenSSH private key")]
@@ -64,9 +66,9 @@ impl MachineIdentity {
 
     /// Reads an age identity file or an OpenSSH ed25519 private key.
     pub fn load(path: &Path) -> Result<MachineIdentity, IdentityError> {
-        let read_error = |source| IdentityError::Read {
+        let read_error = |cause| IdentityError::Read {
             path: path.to_path_buf(),
-            source,
+            cause,
         };
         let metadata = fs::metadata(path).map_err(read_error)?;
         if metadata.len() > IDENTITY_FILE_BYTES_MAX {
@@ -188,9 +190,9 @@ pub fn init_identity_file(path: &Path) -> Result<(MachineIdentity, InitOutcome),
     let text = identity
         .identity_file_text()
         .expect("a generated identity is an age identity");
-    let write_error = |source| IdentityError::Write {
+    let write_error = |cause| IdentityError::Write {
         path: path.to_path_buf(),
-        source,
+        cause,
     };
     let directory = match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
@@ -199,6 +201,15 @@ pub fn init_identity_file(path: &Path) -> Result<(MachineIdentity, InitOutcome),
     let file_name = path
         .file_name()
         .ok_or_else(|| write_error(io::ErrorKind::InvalidInput.into()))?;
+    // `/etc/sohofs/machine.age` on a fresh machine: make the folder (0700,
+    // it holds a secret) as `mkdir -p` would.
+    if !directory.exists() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&directory)
+            .map_err(write_error)?;
+    }
     let staging = directory.join(format!(".{}.{}.tmp", file_name.to_string_lossy(), std::process::id()));
     let written = (|| {
         let mut file = fs::OpenOptions::new()

@@ -105,11 +105,12 @@ impl LdapConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LdapError {
-    #[error("read {what} {path}: {source}")]
+    // The I/O error is in the message, not a `source`: a chain prints it once.
+    #[error("read {what} {path}: {cause}")]
     ReadFile {
         what: &'static str,
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path} is larger than {PASSWORD_FILE_BYTES_MAX} bytes; not a password file")]
     PasswordFileTooLarge { path: PathBuf },
@@ -647,10 +648,10 @@ fn attribute_values(entry: &SearchEntry, name: &str) -> Vec<String> {
 }
 
 fn read_password(path: &Path) -> Result<String, LdapError> {
-    let read_error = |source| LdapError::ReadFile {
+    let read_error = |cause| LdapError::ReadFile {
         what: "bind password file",
         path: path.to_path_buf(),
-        source,
+        cause,
     };
     let length = std::fs::metadata(path).map_err(read_error)?.len();
     if length > PASSWORD_FILE_BYTES_MAX {
@@ -664,10 +665,10 @@ fn read_password(path: &Path) -> Result<String, LdapError> {
 }
 
 fn tls_connector(ca_file: &Path) -> Result<native_tls::TlsConnector, LdapError> {
-    let pem = std::fs::read(ca_file).map_err(|source| LdapError::ReadFile {
+    let pem = std::fs::read(ca_file).map_err(|cause| LdapError::ReadFile {
         what: "CA file",
         path: ca_file.to_path_buf(),
-        source,
+        cause,
     })?;
     let certificate = native_tls::Certificate::from_pem(&pem).map_err(|error| LdapError::Tls(error.to_string()))?;
     native_tls::TlsConnector::builder()
