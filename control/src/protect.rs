@@ -337,17 +337,7 @@ async fn show(config_path: &Path, path: &str, json: bool) -> Result<()> {
         let envelopes = volume.envelopes(policy.id).await?;
         let current = envelopes.iter().find(|e| e.epoch == policy.current_epoch);
         document.tier = "protected";
-        document.machines = current
-            .map(|e| {
-                e.recipients
-                    .iter()
-                    .map(|r| MachineJson {
-                        machine: r.machine.clone(),
-                        recipient: r.recipient.clone(),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        document.machines = current.map(machines_of).unwrap_or_default();
         document.policy = Some(policy.id);
         document.group = Some(policy.group);
         document.current_epoch = Some(policy.current_epoch);
@@ -760,15 +750,7 @@ pub async fn status(config_path: &Path, json: bool) -> Result<()> {
         let machines = envelopes
             .iter()
             .find(|e| e.epoch == policy.current_epoch)
-            .map(|e| {
-                e.recipients
-                    .iter()
-                    .map(|r| MachineJson {
-                        machine: r.machine.clone(),
-                        recipient: r.recipient.clone(),
-                    })
-                    .collect()
-            })
+            .map(machines_of)
             .unwrap_or_default();
         out.push(StatusJson {
             tier: "protected",

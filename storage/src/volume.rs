@@ -1084,25 +1084,31 @@ impl Volume {
         }
     }
 
+    /// The chunk records of `ino` from `first_index` on, one page of them
+    /// (straight from meta, not retried: for admin work).
+    async fn chunk_records_page(&self, ino: Ino, first_index: u64) -> FsResult<Vec<(u64, ChunkRecord)>> {
+        match self
+            .inner
+            .meta
+            .call(&MetaRequest::ReadChunks {
+                ino,
+                first_index,
+                count: CHUNK_RECORDS_PER_CALL,
+            })
+            .await?
+        {
+            MetaResponse::Chunks(records) => Ok(records),
+            _ => Err(FsError::Protocol("meta answered ReadChunks with something else".into())),
+        }
+    }
+
     /// Re-seals the chunks of one file that hold a piece of another epoch;
     /// returns how many were replaced.
     async fn rekey_file(&self, ino: Ino, policy: PolicyId, current: u32) -> FsResult<u64> {
         let mut rekeyed = 0;
         let mut first_index = 0;
         loop {
-            let records = match self
-                .inner
-                .meta
-                .call(&MetaRequest::ReadChunks {
-                    ino,
-                    first_index,
-                    count: CHUNK_RECORDS_PER_CALL,
-                })
-                .await?
-            {
-                MetaResponse::Chunks(records) => records,
-                _ => return Err(FsError::Protocol("meta answered ReadChunks with something else".into())),
-            };
+            let records = self.chunk_records_page(ino, first_index).await?;
             let Some((last, _)) = records.last() else {
                 return Ok(rekeyed);
             };
@@ -1148,19 +1154,7 @@ impl Volume {
         let mut out = Vec::new();
         let mut first_index = 0;
         loop {
-            let records = match self
-                .inner
-                .meta
-                .call(&MetaRequest::ReadChunks {
-                    ino,
-                    first_index,
-                    count: CHUNK_RECORDS_PER_CALL,
-                })
-                .await?
-            {
-                MetaResponse::Chunks(records) => records,
-                _ => return Err(FsError::Protocol("meta answered ReadChunks with something else".into())),
-            };
+            let records = self.chunk_records_page(ino, first_index).await?;
             let Some((last, _)) = records.last() else {
                 return Ok(out);
             };

@@ -321,7 +321,10 @@ fn finance_is_read_by_its_group_only_and_a_revoke_reaches_every_chunk() {
     assert_eq!(plan[0]["revoked"], serde_json::json!([BETA_DN]), "{plan}");
     assert_eq!(plan[0]["epoch_after"], 2, "{plan}");
     assert_eq!(plan[0]["rekey_needed"], true, "{plan}");
-    let status = json(cluster.run_verb(&["keyring", "status", "--json"], VERB_TIMEOUT), "status");
+    let status = json(
+        cluster.run_verb(&["keyring", "status", "--json"], VERB_TIMEOUT),
+        "status",
+    );
     assert_eq!(status[0]["current_epoch"], 1, "a dry run changes nothing: {status}");
     let mut sync = Command::new(sohofs_bin());
     sync.args(["keyring", "sync", "--json", "--config"])
