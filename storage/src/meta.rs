@@ -654,6 +654,23 @@ impl Meta {
         txn.commit()
     }
 
+    /// Forgets a policy and destroys its envelopes once no inode is under
+    /// it (its directory removed, and no file of it left open).
+    fn drop_policy_if_unused(&self, id: PolicyId) -> FsResult<()> {
+        for (_, value) in self.scan_all(keys::INODE_PREFIX)? {
+            if Inode::decode(&value)?.policy == id {
+                return Ok(());
+            }
+        }
+        let mut batch = Batch::default();
+        for (key, _) in self.scan_all(&keys::envelope_prefix(id))? {
+            batch.delete(key);
+        }
+        batch.delete(keys::policy(id));
+        self.kv.write(batch)?;
+        self.sync()
+    }
+
     fn is_empty_dir(&self, ino: Ino) -> FsResult<bool> {
         Ok(self.kv.scan(&keys::dentry_prefix(ino), None, 1)?.is_empty())
     }
@@ -677,9 +694,14 @@ impl Meta {
             return Err(FsError::NotEmpty);
         }
         let inode = txn.inode(entry.ino)?;
+        let policy_root = self.is_policy_root(&inode)?.then_some(inode.policy);
         txn.remove_entry(parent, name, &entry)?;
         txn.drop_link(inode)?;
-        txn.commit()
+        txn.commit()?;
+        if let Some(policy) = policy_root {
+            self.drop_policy_if_unused(policy)?;
+        }
+        Ok(())
     }
 
     /// True when `ancestor` is `ino` or one of the directories above it.

@@ -1480,6 +1480,20 @@ fn protected_directories_keep_their_keys_and_their_names_sealed(backend: Backend
         1,
         "the standard tier has no policy record"
     );
+
+    // Removing the emptied protected directory forgets its policy and
+    // destroys its keys.
+    meta.unlink(sub.ino, &sealed(4)).unwrap();
+    meta.rmdir(finance.ino, &sealed(2)).unwrap();
+    assert_eq!(
+        meta.policies().unwrap().len(),
+        1,
+        "a directory below is not the policy's root"
+    );
+    meta.rmdir(ROOT_INO, b"finance").unwrap();
+    assert_eq!(meta.policies().unwrap(), vec![]);
+    assert_eq!(meta.envelopes(policy.id).unwrap_err(), FsError::NotFound);
+    assert_eq!(meta.envelopes(0).unwrap().len(), 1, "the volume key's envelope stays");
 }
 
 macro_rules! both_stores {
