@@ -54,6 +54,10 @@ pub enum DirVerb {
     Show {
         #[arg(long)]
         config: PathBuf,
+        /// This machine's identity (default: the config's `identity`, else
+        /// the SSH host key); needed for a directory inside a protected one.
+        #[arg(long)]
+        identity: Option<PathBuf>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -70,7 +74,12 @@ pub async fn run_dir(verb: DirVerb) -> Result<()> {
             identity,
             path,
         } => protect(&config, &group, identity.as_deref(), &path).await,
-        DirVerb::Show { config, json, path } => show(&config, &path, json).await,
+        DirVerb::Show {
+            config,
+            identity,
+            json,
+            path,
+        } => show(&config, identity.as_deref(), &path, json).await,
     }
 }
 
@@ -309,9 +318,9 @@ struct MachineJson {
     recipient: String,
 }
 
-async fn show(config_path: &Path, path: &str, json: bool) -> Result<()> {
+async fn show(config_path: &Path, identity: Option<&Path>, path: &str, json: bool) -> Result<()> {
     let config = ClusterConfig::load(config_path)?;
-    let volume = crate::mount::connect(&config, config_path, None).await?;
+    let volume = crate::mount::connect(&config, config_path, identity).await?;
     let attr = resolve(&volume, path).await?;
     let mut document = ShowJson {
         path: path.to_string(),
@@ -431,19 +440,40 @@ pub async fn sync(config_path: &Path, identity: Option<&Path>, dry_run: bool, js
         report.push(entry);
     }
     if let Some(group) = config.ldap.as_ref().map(|l| l.cluster_group.clone()) {
-        report.push(sync_volume_key(&volume, &mut directory, &group, &log, dry_run).await?);
+        let mut entry = PolicySync {
+            policy: VOLUME_POLICY,
+            group: group.clone(),
+            granted: Vec::new(),
+            revoked: Vec::new(),
+            epoch_before: 0,
+            epoch_after: 0,
+            rekey_needed: false,
+            rekey: None,
+            error: None,
+        };
+        if let Err(error) = sync_volume_key(&volume, &mut directory, &log, dry_run, &mut entry).await {
+            entry.error = Some(format!("{error:#}"));
+        }
+        report.push(entry);
     }
     directory.close().await;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         for entry in &report {
-            let verb = if dry_run { "would" } else { "did" };
+            let verb = match (&entry.error, dry_run) {
+                (Some(_), _) => "FAILED to",
+                (None, true) => "would",
+                (None, false) => "did",
+            };
             if entry.policy == VOLUME_POLICY {
                 println!(
                     "standard tier (the volume key, {}): {verb} grant {:?}, remove {:?}",
                     entry.group, entry.granted, entry.revoked
                 );
+                if let Some(error) = &entry.error {
+                    println!("  FAILED: {error}");
+                }
                 continue;
             }
             println!(
@@ -536,6 +566,10 @@ async fn sync_policy(
         );
     }
     if dry_run {
+        if !revoked.is_empty() || !granted.is_empty() {
+            // What the real run would fail on: re-wrapping needs the keys.
+            held_key(volume, policy, NAME_KEY_EPOCH, has_identity)?;
+        }
         if !revoked.is_empty() {
             entry.epoch_after = policy.current_epoch + 1;
         }
@@ -607,11 +641,12 @@ async fn sync_policy(
 async fn sync_volume_key(
     volume: &Volume,
     directory: &mut Directory,
-    group: &str,
     log: &Option<AuditLog>,
     dry_run: bool,
-) -> Result<PolicySync> {
-    let grantees = grantees(directory, group).await?;
+    entry: &mut PolicySync,
+) -> Result<()> {
+    let group = entry.group.clone();
+    let grantees = grantees(directory, &group).await?;
     let envelopes = volume.envelopes(VOLUME_POLICY).await?;
     let had: BTreeSet<(String, String)> = envelopes
         .iter()
@@ -621,23 +656,14 @@ async fn sync_volume_key(
         .iter()
         .map(|g| (g.machine.clone(), g.recipient.to_string()))
         .collect();
-    let entry = PolicySync {
-        policy: VOLUME_POLICY,
-        group: group.to_string(),
-        granted: want.difference(&had).map(|(m, _)| m.clone()).collect(),
-        revoked: had.difference(&want).map(|(m, _)| m.clone()).collect(),
-        epoch_before: 0,
-        epoch_after: 0,
-        rekey_needed: false,
-        rekey: None,
-        error: None,
-    };
+    entry.granted = want.difference(&had).map(|(m, _)| m.clone()).collect();
+    entry.revoked = had.difference(&want).map(|(m, _)| m.clone()).collect();
     if dry_run || (entry.granted.is_empty() && entry.revoked.is_empty()) {
-        return Ok(entry);
+        return Ok(());
     }
     if grantees.is_empty() {
         eprintln!("note: no machine of {group} has a usable key; the volume key's envelope is left as it is");
-        return Ok(entry);
+        return Ok(());
     }
     let key = sohofs_keyring::DataKey::from_bytes(*volume.volume_key().as_bytes());
     let envelope = seal_envelope(VOLUME_POLICY, 0, &key, &grantees).context("wrap the volume key")?;
@@ -662,7 +688,7 @@ async fn sync_volume_key(
             "machine's stanza of the volume key removed (the volume key is not rotated)",
         );
     }
-    Ok(entry)
+    Ok(())
 }
 
 /// A key of a policy (epoch 0: the name key), from this machine's key table.
@@ -670,7 +696,7 @@ fn held_key(volume: &Volume, policy: &PolicyRecord, epoch: u32, has_identity: bo
     match volume.held_key(policy.id, epoch) {
         Some(key) => Ok(sohofs_keyring::DataKey::from_bytes(*key.as_bytes())),
         None if has_identity => bail!(
-            "this machine is not approved for policy {} ({}): run sync on a machine that is",
+            "this machine is not approved for policy {} ({}): run sync on a machine that is approved for it",
             policy.id,
             policy.group
         ),
@@ -806,7 +832,13 @@ pub async fn status(config_path: &Path, json: bool) -> Result<()> {
             policy.group,
             policy.current_epoch,
             if policy.rekey_pending {
-                format!(", older epochs {:?} wait for a rekey", policy.live_epochs)
+                let older: Vec<u32> = policy
+                    .live_epochs
+                    .iter()
+                    .copied()
+                    .filter(|e| *e != policy.current_epoch)
+                    .collect();
+                format!(", older epochs {older:?} wait for a rekey (run `sohofs keyring sync`)")
             } else {
                 String::new()
             }
@@ -895,9 +927,16 @@ pub async fn run_home(verb: HomeVerb) -> Result<()> {
     for user in &users.unusable {
         report.skipped.push(format!("{}: {}", user.dn, user.reason));
     }
+    if !root.starts_with('/') {
+        bail!("--root {root}: give the path inside the volume, starting with '/' (e.g. /home)");
+    }
     let root_attr = match resolve(&volume, &root).await {
         Ok(attr) => attr,
         Err(_) if dry_run => {
+            let parent = resolve(&volume, parent_of(&root)).await?;
+            if parent.policy != VOLUME_POLICY {
+                bail!("{root} would be inside a protected directory: homes are protected on their own, give a --root in the standard tier");
+            }
             report
                 .created
                 .extend(users.users.iter().map(|u| format!("{root}/{}", u.uid)));
@@ -905,6 +944,9 @@ pub async fn run_home(verb: HomeVerb) -> Result<()> {
         }
         Err(_) => {
             let parent = resolve(&volume, parent_of(&root)).await?;
+            if parent.policy != VOLUME_POLICY {
+                bail!("{root} would be inside a protected directory: homes are protected on their own, give a --root in the standard tier");
+            }
             let name = root.trim_end_matches('/').rsplit('/').next().unwrap_or_default();
             volume
                 .mkdir(parent.ino, name.as_bytes(), 0o755, 0, 0)

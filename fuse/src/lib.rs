@@ -471,7 +471,13 @@ impl Filesystem for SohoFs {
         }
         let (name, value) = (name.as_bytes().to_vec(), value.to_vec());
         let flags = flags as u32;
-        self.spawn(|v| async move { reply_empty(reply, v.set_xattr(ino.0, &name, &value, flags).await) });
+        self.spawn(|v| async move {
+            match v.set_xattr(ino.0, &name, &value, flags).await {
+                // setxattr(2) says E2BIG for a value over the file system's limit.
+                Err(FsError::TooBig) => reply.error(Errno::from_i32(libc::E2BIG)),
+                result => reply_empty(reply, result),
+            }
+        });
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {

@@ -749,6 +749,7 @@ impl Meta {
         if entry.kind == FileKind::Dir && self.is_ancestor(entry.ino, new_parent)? {
             return Err(FsError::Invalid("cannot move a directory into itself"));
         }
+        let mut replaced_root = None;
         if let Some(target) = self.dentry(new_parent, new_name)? {
             if flags & RENAME_NOREPLACE != 0 {
                 return Err(FsError::Exists);
@@ -763,6 +764,7 @@ impl Meta {
                 _ => {}
             }
             let target_inode = txn.inode(target.ino)?;
+            replaced_root = self.is_policy_root(&target_inode)?.then_some(target_inode.policy);
             txn.remove_entry(new_parent, new_name, &target)?;
             txn.drop_link(target_inode)?;
         }
@@ -774,7 +776,12 @@ impl Meta {
             moved.parent = new_parent;
         }
         txn.set_inode(moved);
-        txn.commit()
+        txn.commit()?;
+        // An empty protected directory replaced by a rename is removed too.
+        if let Some(policy) = replaced_root {
+            self.drop_policy_if_unused(policy)?;
+        }
+        Ok(())
     }
 
     pub fn read_dir(&self, dir: Ino, after_seq: u64, limit: u32) -> FsResult<Vec<DirEntry>> {

@@ -1890,8 +1890,10 @@ impl Volume {
         match self.decode_record(ino, index, record.clone()).await {
             // The record this client holds may be older than the chunk: another
             // client replaced it and the collector deleted the shards the old
-            // record names. Meta's record, if it is another, is read instead.
-            Err(error) if error.is_transient() => {
+            // record names, or a rekey re-sealed it and the old epoch's key is
+            // destroyed (EACCES for a piece of an epoch no longer held).
+            // Meta's record, if it is another, is read instead.
+            Err(error) if error.is_transient() || error == FsError::Access => {
                 let current = self.fetch_record(ino, index).await?;
                 if current == record {
                     return Err(error);

@@ -435,6 +435,28 @@ fn finance_is_read_by_its_group_only_and_a_revoke_reaches_every_chunk() {
     );
     assert_eq!(read_file(b_fin.join("after-sync.bin")).unwrap(), after_sync);
 
+    // A holds the report open while B is revoked again and the rekey runs
+    // to its end: the open file's chunk records go stale (re-sealed, the old
+    // key destroyed), and A must still read it, also through a new open.
+    let mut held = fs::File::open(&report_path).unwrap();
+    let mut first_read = Vec::new();
+    std::io::Read::read_to_end(&mut held, &mut first_read).unwrap();
+    assert_eq!(first_read, report);
+    slapd.remove_member(TEST_FINANCE_GROUP, BETA_DN);
+    let revoked = json(
+        cluster.run_verb(&["keyring", "sync", "--json"], VERB_TIMEOUT),
+        "second revoke",
+    );
+    assert_eq!(revoked[0]["epoch_after"], 3, "{revoked}");
+    assert_eq!(revoked[0]["rekey"]["epochs_destroyed"], 1, "{revoked}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        read_file(report_path.clone()).unwrap(),
+        report,
+        "A reads a file it holds open after a rekey"
+    );
+    drop(held);
+
     // The audit log has the story, as ECS lines.
     let audit = fs::read_to_string(cluster.data_dir().join("audit.jsonl")).unwrap();
     let actions: Vec<String> = audit
