@@ -66,6 +66,11 @@ pub enum KeyringVerb {
     Status {
         #[arg(long)]
         config: PathBuf,
+        /// This machine's identity, to open the volume key on a machine
+        /// without `volume.key` (default: the config's `identity`, else the
+        /// SSH host key).
+        #[arg(long)]
+        identity: Option<PathBuf>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -82,7 +87,9 @@ pub async fn run(verb: KeyringVerb) -> Result<()> {
             dry_run,
             json,
         } => crate::protect::sync(&config, identity.as_deref(), dry_run, json).await,
-        KeyringVerb::Status { config, json } => crate::protect::status(&config, json).await,
+        KeyringVerb::Status { config, identity, json } => {
+            crate::protect::status(&config, identity.as_deref(), json).await
+        }
     }
 }
 

@@ -767,9 +767,9 @@ struct StatusJson {
 }
 
 /// `keyring status`: policies, groups, approved machines, epochs.
-pub async fn status(config_path: &Path, json: bool) -> Result<()> {
+pub async fn status(config_path: &Path, identity: Option<&Path>, json: bool) -> Result<()> {
     let config = ClusterConfig::load(config_path)?;
-    let volume = crate::mount::connect(&config, config_path, None).await?;
+    let volume = crate::mount::connect(&config, config_path, identity).await?;
     let mut out = Vec::new();
     for policy in volume.policies().await? {
         let envelopes = volume.envelopes(policy.id).await?;
