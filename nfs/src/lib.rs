@@ -263,7 +263,7 @@ impl SohoNfs {
             uid: attr.uid,
             gid: attr.gid,
             size: attr.size,
-            used: attr.size.div_ceil(BLOCK_BYTES) * BLOCK_BYTES,
+            used: attr.size.div_ceil(BLOCK_BYTES).saturating_mul(BLOCK_BYTES),
             rdev: specdata(attr.rdev),
             fsid: self.fsid,
             fileid: attr.ino,

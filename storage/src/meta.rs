@@ -251,6 +251,9 @@ fn check_name(name: &[u8]) -> FsResult<()> {
 /// A new entry of `dir`: sealed in a protected directory, plain elsewhere.
 /// A plain name sent to a protected directory comes from a client that has
 /// not seen the directory protected yet: `Stale` makes it look again.
+/// The largest size a file may have: `off_t`'s maximum, as on Linux.
+pub const FILE_BYTES_MAX: u64 = i64::MAX as u64;
+
 fn check_name_in(dir: &Inode, name: &[u8]) -> FsResult<()> {
     if dir.policy == VOLUME_POLICY {
         check_plain_name(name)?;
@@ -501,6 +504,10 @@ impl Meta {
                 FileKind::File => {}
                 FileKind::Dir => return Err(FsError::IsDir),
                 _ => return Err(FsError::Invalid("only regular files have a size to set")),
+            }
+            // The largest file Linux knows (off_t); any client may send more.
+            if size > FILE_BYTES_MAX {
+                return Err(FsError::TooBig);
             }
             if size < inode.size {
                 self.truncate_chunks(&mut txn, ino, size)?;
@@ -1645,7 +1652,7 @@ impl Meta {
             let inode = Inode::decode(&value)?;
             if inode.kind == FileKind::File && inode.nlink > 0 {
                 status.files += 1;
-                status.bytes += inode.size;
+                status.bytes = status.bytes.saturating_add(inode.size);
             }
         }
         let k = self.volume.data_shards as usize;

@@ -605,6 +605,9 @@ impl Volume {
     }
 
     pub async fn setattr(&self, ino: Ino, attr: SetAttr) -> FsResult<Attr> {
+        if attr.size.is_some_and(|size| size > crate::meta::FILE_BYTES_MAX) {
+            return Err(FsError::TooBig);
+        }
         let file = self.open_file(ino);
         let mut state_guard = None;
         if attr.size.is_some() || attr.mtime.is_some() {
@@ -1327,7 +1330,7 @@ impl Volume {
     ) -> FsResult<usize> {
         offset
             .checked_add(data.len() as u64)
-            .filter(|end| *end <= i64::MAX as u64)
+            .filter(|end| *end <= crate::meta::FILE_BYTES_MAX)
             .ok_or(FsError::TooBig)?;
         if let Some(error) = file.error() {
             return Err(error);

@@ -1496,6 +1496,24 @@ fn protected_directories_keep_their_keys_and_their_names_sealed(backend: Backend
     assert_eq!(meta.envelopes(0).unwrap().len(), 1, "the volume key's envelope stays");
 }
 
+fn sizes_past_off_t_are_refused_and_big_files_are_counted(backend: Backend) {
+    let (_store, meta) = new_meta(backend);
+    let size = |n: u64| SetAttr {
+        size: Some(n),
+        ..SetAttr::default()
+    };
+    let a = file(&meta, ROOT_INO, "a");
+    let b = file(&meta, ROOT_INO, "b");
+    assert_eq!(meta.set_attr(a.ino, &size(u64::MAX)).unwrap_err(), FsError::TooBig);
+    assert_eq!(meta.set_attr(a.ino, &size(1 << 63)).unwrap_err(), FsError::TooBig);
+    assert_eq!(meta.inode(a.ino).unwrap().size, 0, "nothing changed");
+    meta.set_attr(a.ino, &size(i64::MAX as u64)).unwrap();
+    meta.set_attr(b.ino, &size(i64::MAX as u64)).unwrap();
+    let status = meta.status().unwrap();
+    assert_eq!(status.files, 2);
+    assert_eq!(status.bytes, u64::MAX - 1, "two files of off_t's maximum");
+}
+
 macro_rules! both_stores {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -1508,6 +1526,7 @@ macro_rules! both_stores {
 }
 
 both_stores!(
+    sizes_past_off_t_are_refused_and_big_files_are_counted,
     create_lookup_getattr,
     mkdir_nlink_counts,
     setgid_directory_inheritance,
