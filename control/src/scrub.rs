@@ -53,7 +53,7 @@ pub async fn run(config_path: &Path, now: bool, json: bool) -> Result<()> {
         );
     } else {
         println!(
-            "scrub: {} nodes, {} shards checked, {} corrupt, {} repaired, {} unreferenced (garbage, not repaired)",
+            "scrub: {} nodes, {} shards checked, {} corrupt or missing, {} repaired, {} unreferenced (garbage, not repaired)",
             out.nodes_scrubbed, out.shards_checked, out.shards_corrupt, out.shards_repaired, out.shards_unreferenced
         );
     }

@@ -170,6 +170,8 @@ pub const SHARDS_LISTED_MAX: u32 = 16_384;
 pub struct ScrubReport {
     pub nodes_scrubbed: u64,
     pub shards_checked: u64,
+    /// Shards that failed their hash, or that records place on a node
+    /// which does not hold them.
     pub shards_corrupt: u64,
     pub shards_repaired: u64,
     /// Corrupt shards that no chunk record references (replaced data

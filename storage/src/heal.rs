@@ -504,14 +504,16 @@ impl Healer {
             .into_iter()
             .filter(|(node, _)| node.reachable)
             .map(|(node, addr)| {
-                let client = NodeClient::with_call_timeout(addr, self.transport.clone(), SCRUB_CALL_TIMEOUT);
-                async move { (node.id, client.scrub(bytes_per_s).await) }
+                let client = NodeClient::with_call_timeout(addr.clone(), self.transport.clone(), SCRUB_CALL_TIMEOUT);
+                async move { (node.id, addr, client.scrub(bytes_per_s).await) }
             });
         let mut report = ScrubReport::default();
         let mut found: HashSet<ShardRef> = HashSet::new();
-        for (node, result) in futures::future::join_all(scrubs).await {
+        let mut scrubbed = Vec::new();
+        for (node, addr, result) in futures::future::join_all(scrubs).await {
             match result {
                 Ok((checked, corrupt)) => {
+                    scrubbed.push((node, addr));
                     report.nodes_scrubbed += 1;
                     report.shards_checked += checked;
                     found.extend(corrupt.into_iter().map(|key| ShardRef {
@@ -523,6 +525,13 @@ impl Healer {
                 Err(error) => tracing::warn!(node, %error, "node could not scrub"),
             }
         }
+        // A shard file deleted under a node hashes as nothing: compare what
+        // the records place on each scrubbed node with what it holds.
+        let missing = self.missing_shards(&scrubbed).await?;
+        if !missing.is_empty() {
+            tracing::warn!(missing = missing.len(), "scrub found shards missing from their nodes");
+        }
+        found.extend(missing);
         report.shards_corrupt = found.len() as u64;
         if found.is_empty() {
             return Ok(report);
@@ -543,5 +552,39 @@ impl Healer {
         report.shards_repaired = repaired.len() as u64;
         report.shards_unreferenced = unreferenced.len() as u64;
         Ok(report)
+    }
+
+    /// Shards the chunk records place on `nodes` that those nodes do not
+    /// hold. A shard is referenced only once stored, so one referenced
+    /// before the listing and absent from it is lost, unless the collector
+    /// removed it meanwhile because its chunk changed: the references are
+    /// read again and only shards still referenced count.
+    async fn missing_shards(&self, nodes: &[(NodeId, String)]) -> FsResult<Vec<ShardRef>> {
+        let meta = self.meta.clone();
+        let (before, _) = blocking(move || meta.shard_references()).await?;
+        let mut candidates = Vec::new();
+        for (node, addr) in nodes {
+            let client = NodeClient::with_call_timeout(addr.clone(), self.transport.clone(), SCRUB_CALL_TIMEOUT);
+            let held: HashSet<(u128, u8)> = match client.list_all_shards().await {
+                Ok(listed) => listed.into_iter().map(|s| (s.piece_id, s.shard_index)).collect(),
+                Err(error) => {
+                    tracing::warn!(node, %error, "cannot list a node's shards; its missing shards are not looked for");
+                    continue;
+                }
+            };
+            candidates.extend(
+                before
+                    .iter()
+                    .filter(|r| r.node == *node && !held.contains(&(r.piece_id, r.shard_index)))
+                    .copied(),
+            );
+        }
+        if candidates.is_empty() {
+            return Ok(candidates);
+        }
+        let meta = self.meta.clone();
+        let (after, _) = blocking(move || meta.shard_references()).await?;
+        candidates.retain(|shard| after.contains(shard));
+        Ok(candidates)
     }
 }

@@ -1,7 +1,8 @@
 //! Scrub: bytes flipped in shard files of up to m nodes per stripe, over
 //! many stripes, are all found by `sohofs scrub --now`, all rebuilt from the
 //! other shards, and a second scrub finds nothing; every file still reads
-//! back byte-exact.
+//! back byte-exact. Shard files deleted under their nodes are found and
+//! rebuilt the same way.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -142,6 +143,28 @@ fn scrub_finds_and_repairs_every_flipped_shard() {
     });
     let third = scrub(&cluster);
     assert_eq!(number(&third, "shards_corrupt"), 0, "{third}");
+
+    // Shard files deleted under their nodes hash as nothing: the scrub
+    // finds them by comparing the records with what each node holds, and
+    // rebuilds them.
+    let deleted = 3;
+    for stripe in stripes.iter().take(deleted) {
+        let (index, node) = stripe.shards[stripe.shards.len() - 1];
+        fs::remove_file(shard_path(&cluster, node, &stripe.piece, index)).unwrap();
+    }
+    let fourth = scrub(&cluster);
+    assert_eq!(number(&fourth, "shards_corrupt"), deleted as u64, "{fourth}");
+    assert_eq!(number(&fourth, "shards_repaired"), deleted as u64, "{fourth}");
+    let fifth = scrub(&cluster);
+    assert_eq!(number(&fifth, "shards_corrupt"), 0, "{fifth}");
+    let client = cluster.mount_client();
+    let client_dir = client.mount_dir().to_path_buf();
+    let actual = bounded("hash the tree through a fresh client", HASH_TIMEOUT, move || {
+        hash_tree(&client_dir)
+    })
+    .expect("read every file through a fresh client");
+    assert_trees_equal(&expected, &actual, "after scrub rebuilt the deleted shards");
+    client.stop();
 }
 
 /// `DIR/nodes/<node>/data/shards/<first two hex digits>/<piece>.<index>`.
