@@ -78,6 +78,11 @@ pub async fn run(config_path: &Path, json: bool) -> Result<()> {
         MetaResponse::Rebuild(rebuild) => rebuild,
         other => anyhow::bail!("meta answered Rebuild with {other:?}"),
     };
+    // The volume's own k and m, not the config's copy (which may be edited).
+    let volume = match call(&meta, MetaRequest::Volume).await.with_context(context)? {
+        MetaResponse::Volume(volume) => volume,
+        other => anyhow::bail!("meta answered Volume with {other:?}"),
+    };
     let draining = match call(&meta, MetaRequest::Draining).await.with_context(context)? {
         MetaResponse::Draining(ids) => ids,
         other => anyhow::bail!("meta answered Draining with {other:?}"),
@@ -99,8 +104,8 @@ pub async fn run(config_path: &Path, json: bool) -> Result<()> {
             })
             .collect(),
         volume: VolumeJson {
-            k: config.volume.k,
-            m: config.volume.m,
+            k: volume.data_shards,
+            m: volume.parity_shards,
             files: health.files,
             bytes: health.bytes,
             chunks_total: health.chunks_total,
