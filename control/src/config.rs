@@ -12,6 +12,7 @@ pub const CONFIG_FILE: &str = "sohofs.toml";
 pub const KEY_FILE: &str = "volume.key";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     /// Addresses of the meta service (one today; a replicated group later).
     pub meta: Vec<String>,
@@ -43,7 +44,7 @@ pub struct ClusterConfig {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct HealSection {
     /// A node silent for longer than this is lost and its shards are rebuilt.
     pub grace_period_s: u64,
@@ -73,6 +74,7 @@ impl Default for HealSection {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct VolumeSection {
     pub k: u8,
     pub m: u8,
@@ -82,6 +84,7 @@ pub struct VolumeSection {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct NodeSection {
     pub id: u64,
     pub listen: String,
@@ -204,6 +207,22 @@ mod tests {
         assert_eq!(key.as_bytes().len(), 32);
         std::fs::write(dir.path().join(KEY_FILE), "nothex").unwrap();
         assert!(config.data_key(&path).is_err());
+    }
+
+    #[test]
+    fn a_mistyped_key_is_an_error_not_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(CONFIG_FILE);
+        let text = "meta = [\"127.0.0.1:1\"]\ndata_key_file = \"volume.key\"\nidentitiy = \"x\"\n\n[volume]\nk = 2\nm = 1\nwrite_quorum = 3\nchunk_bytes = 4194304\ninline_bytes_max = 4096\n";
+        std::fs::write(&path, text).unwrap();
+        let error = format!("{:#}", ClusterConfig::load(&path).unwrap_err());
+        assert!(error.contains("identitiy"), "{error}");
+        let text = text
+            .replace("identitiy = \"x\"\n", "")
+            .replace("[volume]\n", "[volume]\nkk = 1\n");
+        std::fs::write(&path, text).unwrap();
+        let error = format!("{:#}", ClusterConfig::load(&path).unwrap_err());
+        assert!(error.contains("kk"), "{error}");
     }
 
     #[test]
