@@ -110,7 +110,9 @@ impl Cluster {
 
     /// Waits until meta shows `count` nodes up.
     async fn wait_up(&self, count: usize) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        // Heartbeats every second; generous for a loaded 2-core machine
+        // (seen once: 5 of 6 up after 10 s while another build ran).
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let up = self.meta.nodes().unwrap().iter().filter(|n| n.up).count();
             if up == count {
