@@ -23,7 +23,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use serde::Serialize;
-use sohofs_format::{KeyEnvelope, PolicyRecord, NAME_KEY_EPOCH, VOLUME_POLICY};
+use sohofs_format::{EnvelopeRecipient, KeyEnvelope, PolicyRecord, NAME_KEY_EPOCH, VOLUME_POLICY};
 use sohofs_keyring::identity::{MachineIdentity, SSH_HOST_KEY_DEFAULT};
 use sohofs_keyring::{
     open_envelope, seal_envelope, AuditAction, AuditEvent, AuditLog, AuditOutcome, Directory, Grantee, UnwrapError,
@@ -210,6 +210,33 @@ async fn ldap_directory(config: &ClusterConfig, config_path: &Path) -> Result<Di
     Directory::connect(&ldap).await.context("connect to LDAP")
 }
 
+/// Fresh data (epoch 1) and name keys for a directory about to be
+/// protected, wrapped to `grantees` (meta numbers the policy).
+fn new_policy_envelopes(grantees: &[Grantee]) -> Result<(KeyEnvelope, KeyEnvelope)> {
+    let key = sohofs_keyring::DataKey::generate();
+    let envelope = seal_envelope(0, 1, &key, grantees).context("wrap the directory key")?;
+    let name_key = sohofs_keyring::DataKey::generate();
+    let names = seal_envelope(0, NAME_KEY_EPOCH, &name_key, grantees).context("wrap the name key")?;
+    Ok((envelope, names))
+}
+
+/// Machines (DNs) in `want` and not in `had`, and in `had` and not in
+/// `want`, comparing each machine's full recipient text: a changed key is
+/// a revoke of the old one.
+fn recipient_changes<'a>(
+    had: impl Iterator<Item = &'a EnvelopeRecipient>,
+    want: &[Grantee],
+) -> (Vec<String>, Vec<String>) {
+    let had: BTreeSet<(String, String)> = had.map(|r| (r.machine.clone(), r.recipient.clone())).collect();
+    let want: BTreeSet<(String, String)> = want
+        .iter()
+        .map(|g| (g.machine.clone(), g.recipient.to_string()))
+        .collect();
+    let granted = want.difference(&had).map(|(m, _)| m.clone()).collect();
+    let revoked = had.difference(&want).map(|(m, _)| m.clone()).collect();
+    (granted, revoked)
+}
+
 /// The machines of `group` as grantees (one per published key).
 async fn grantees(directory: &mut Directory, group: &str) -> Result<Vec<Grantee>> {
     let approval = directory
@@ -245,6 +272,37 @@ fn audit(audit: &Option<AuditLog>, action: AuditAction, host: &str, policy: &Pol
     }
 }
 
+/// One audit line per machine granted and per machine revoked, at the
+/// policy's current epoch.
+fn audit_changes(
+    log: &Option<AuditLog>,
+    policy: &PolicyRecord,
+    granted: &[String],
+    revoked: &[String],
+    revoke_message: &str,
+) {
+    for machine in granted {
+        audit(
+            log,
+            AuditAction::KeyGrant,
+            machine,
+            policy,
+            policy.current_epoch,
+            "machine granted a directory key",
+        );
+    }
+    for machine in revoked {
+        audit(
+            log,
+            AuditAction::KeyRevoke,
+            machine,
+            policy,
+            policy.current_epoch,
+            revoke_message,
+        );
+    }
+}
+
 async fn protect(config_path: &Path, group: &str, identity: Option<&Path>, path: &str) -> Result<()> {
     let config = ClusterConfig::load(config_path)?;
     let volume = crate::mount::connect(&config, config_path, identity).await?;
@@ -268,10 +326,7 @@ async fn protect(config_path: &Path, group: &str, identity: Option<&Path>, path:
     if grantees.is_empty() {
         bail!("no machine of {group} has a usable key: nobody could read {path}");
     }
-    let key = sohofs_keyring::DataKey::generate();
-    let envelope = seal_envelope(0, 1, &key, &grantees).context("wrap the directory key")?;
-    let name_key = sohofs_keyring::DataKey::generate();
-    let names = seal_envelope(0, NAME_KEY_EPOCH, &name_key, &grantees).context("wrap the name key")?;
+    let (envelope, names) = new_policy_envelopes(&grantees)?;
     let policy = volume
         .protect(attr.ino, group, envelope, names)
         .await
@@ -544,22 +599,12 @@ async fn sync_policy(
                 policy.id, policy.current_epoch
             )
         })?;
-    let had: BTreeSet<(String, String)> = current
-        .recipients
-        .iter()
-        .map(|r| (r.machine.clone(), r.recipient.clone()))
-        .collect();
-    let want: BTreeSet<(String, String)> = grantees
-        .iter()
-        .map(|g| (g.machine.clone(), g.recipient.to_string()))
-        .collect();
-    let granted: Vec<String> = want.difference(&had).map(|(m, _)| m.clone()).collect();
-    let revoked: Vec<String> = had.difference(&want).map(|(m, _)| m.clone()).collect();
+    let (granted, revoked) = recipient_changes(current.recipients.iter(), &grantees);
     entry.granted = granted.clone();
     entry.revoked = revoked.clone();
     let older_left = policy.live_epochs.len() > 1;
     entry.rekey_needed = !revoked.is_empty() || older_left;
-    if grantees.is_empty() && !had.is_empty() {
+    if grantees.is_empty() && !current.recipients.is_empty() {
         bail!(
             "LDAP lists no machine of {} with a usable key; refusing to lock everyone out",
             policy.group
@@ -589,42 +634,14 @@ async fn sync_policy(
         let envelope = seal_envelope(policy.id, next, &key, &grantees).context("wrap the new key")?;
         let updated = volume.put_envelope(envelope, policy.current_epoch).await?;
         entry.epoch_after = updated.current_epoch;
-        for machine in &revoked {
-            audit(
-                log,
-                AuditAction::KeyRevoke,
-                machine,
-                &updated,
-                next,
-                "machine's key revoked: new epoch",
-            );
-        }
-        for machine in &granted {
-            audit(
-                log,
-                AuditAction::KeyGrant,
-                machine,
-                &updated,
-                next,
-                "machine granted a directory key",
-            );
-        }
+        audit_changes(log, &updated, &granted, &revoked, "machine's key revoked: new epoch");
     } else if !granted.is_empty() {
         // The same key, wrapped to one more machine: needs the key, so
         // this machine must hold it.
         let key = held_key(volume, policy, policy.current_epoch, has_identity)?;
         let envelope = seal_envelope(policy.id, policy.current_epoch, &key, &grantees).context("re-wrap the key")?;
         let updated = volume.put_envelope(envelope, policy.current_epoch).await?;
-        for machine in &granted {
-            audit(
-                log,
-                AuditAction::KeyGrant,
-                machine,
-                &updated,
-                updated.current_epoch,
-                "machine granted a directory key",
-            );
-        }
+        audit_changes(log, &updated, &granted, &[], "");
     }
     if entry.rekey_needed {
         entry.rekey = Some(rekey(volume, policy, log, json).await?);
@@ -648,16 +665,7 @@ async fn sync_volume_key(
     let group = entry.group.clone();
     let grantees = grantees(directory, &group).await?;
     let envelopes = volume.envelopes(VOLUME_POLICY).await?;
-    let had: BTreeSet<(String, String)> = envelopes
-        .iter()
-        .flat_map(|e| e.recipients.iter().map(|r| (r.machine.clone(), r.recipient.clone())))
-        .collect();
-    let want: BTreeSet<(String, String)> = grantees
-        .iter()
-        .map(|g| (g.machine.clone(), g.recipient.to_string()))
-        .collect();
-    entry.granted = want.difference(&had).map(|(m, _)| m.clone()).collect();
-    entry.revoked = had.difference(&want).map(|(m, _)| m.clone()).collect();
+    (entry.granted, entry.revoked) = recipient_changes(envelopes.iter().flat_map(|e| e.recipients.iter()), &grantees);
     if dry_run || (entry.granted.is_empty() && entry.revoked.is_empty()) {
         return Ok(());
     }
@@ -1001,10 +1009,7 @@ pub async fn run_home(verb: HomeVerb) -> Result<()> {
             report.created.push(path);
             continue;
         }
-        let key = sohofs_keyring::DataKey::generate();
-        let envelope = seal_envelope(0, 1, &key, &machines).context("wrap the home's key")?;
-        let name_key = sohofs_keyring::DataKey::generate();
-        let names = seal_envelope(0, NAME_KEY_EPOCH, &name_key, &machines).context("wrap the name key")?;
+        let (envelope, names) = new_policy_envelopes(&machines)?;
         match volume.protect(home.ino, &machines_group, envelope, names).await {
             Ok(policy) => {
                 for machine in &machines {

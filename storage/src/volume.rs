@@ -368,10 +368,7 @@ impl Volume {
     /// yet, forgets destroyed ones, and so loses access when this machine
     /// is no longer among the current epoch's recipients.
     pub async fn refresh_keys(&self) -> FsResult<()> {
-        let records = match self.inner.meta.call(&MetaRequest::Policies).await? {
-            MetaResponse::Policies(records) => records,
-            _ => return Err(FsError::Protocol("meta answered Policies with something else".into())),
-        };
+        let records = self.policies().await?;
         let to_fetch = self.keys().update(records);
         if !to_fetch.is_empty() {
             // Access may have been lost: no decoded chunk may outlive it.

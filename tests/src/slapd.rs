@@ -235,6 +235,24 @@ impl Slapd {
         self.dir.path().join("tls/ca.pem")
     }
 
+    /// The `[ldap]` table of a cluster config for the test directory, with
+    /// its bind password read from `ldap.secret` beside the config.
+    pub fn config_table(&self) -> String {
+        format!(
+            r#"[ldap]
+url = "{url}"
+bind_dn = "{bind_dn}"
+bind_password_file = "ldap.secret"
+base_dn = "{TEST_SUFFIX}"
+machine_filter = "(objectClass=device)"
+recipient_attribute = "sshPublicKey"
+cluster_group = "{TEST_CLUSTER_GROUP}"
+"#,
+            url = self.url(),
+            bind_dn = self.admin_dn(),
+        )
+    }
+
     pub fn suffix(&self) -> &str {
         &self.options.suffix
     }

@@ -78,17 +78,8 @@ write_quorum = 3
 chunk_bytes = 4194304
 inline_bytes_max = 4096
 
-[ldap]
-url = "{url}"
-bind_dn = "{bind_dn}"
-bind_password_file = "ldap.secret"
-base_dn = "dc=example,dc=org"
-machine_filter = "(objectClass=device)"
-recipient_attribute = "sshPublicKey"
-cluster_group = "{TEST_CLUSTER_GROUP}"
-"#,
-        url = slapd.url(),
-        bind_dn = slapd.admin_dn(),
+{ldap}"#,
+        ldap = slapd.config_table(),
     );
     let path = dir.join("sohofs.toml");
     std::fs::write(&path, config).unwrap();

@@ -41,21 +41,9 @@ fn add_ldap(cluster: &Cluster, slapd: &Slapd) {
     let folder = cluster.config_path().parent().unwrap().to_path_buf();
     fs::write(folder.join("ldap.secret"), format!("{}\n", slapd.admin_password())).unwrap();
     let table = format!(
-        r#"identity = "{identity}"
-audit_log = "audit.jsonl"
-
-[ldap]
-url = "{url}"
-bind_dn = "{bind_dn}"
-bind_password_file = "ldap.secret"
-base_dn = "dc=example,dc=org"
-machine_filter = "(objectClass=device)"
-recipient_attribute = "sshPublicKey"
-cluster_group = "cn=sohofs-machines,ou=groups,dc=example,dc=org"
-"#,
+        "identity = \"{identity}\"\naudit_log = \"audit.jsonl\"\n\n{ldap}",
         identity = test_key("ws-alpha.age").display(),
-        url = slapd.url(),
-        bind_dn = slapd.admin_dn(),
+        ldap = slapd.config_table(),
     );
     // Top-level keys must come before the first table of the TOML file.
     let text = fs::read_to_string(cluster.config_path()).unwrap();
